@@ -1,0 +1,65 @@
+"""The configured channels, built once per process from the NOTIFICATION_CHANNELS setting.
+
+Adding a channel is one backend class plus one entry in the channels file; the API and the
+dispatchers look channels up here by name and need no change.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.utils.module_loading import import_string
+
+from .base import Channel
+from .errors import ChannelConfigurationError
+
+_lock = threading.Lock()
+_channels: dict[str, Channel] | None = None
+
+
+def all_channels() -> dict[str, Channel]:
+    """Every configured channel by name. Raises ChannelConfigurationError if one is broken."""
+    global _channels
+    if _channels is None:
+        with _lock:
+            if _channels is None:
+                _channels = build_channels(settings.NOTIFICATION_CHANNELS)
+    return _channels
+
+
+def get_channel(name: str) -> Channel | None:
+    """The channel called `name`, or None if there is none."""
+    return all_channels().get(name)
+
+
+def build_channels(config: dict[str, dict]) -> dict[str, Channel]:
+    """Instantiate each backend with its options; report every problem by channel name."""
+    channels: dict[str, Channel] = {}
+    for name, entry in config.items():
+        missing = entry.get("MISSING_ENV") or []
+        if missing:
+            raise ChannelConfigurationError(
+                f"channel {name!r}: environment variable(s) {', '.join(sorted(set(missing)))} not set"
+            )
+        try:
+            backend = import_string(entry["BACKEND"])
+        except ImportError as exc:
+            raise ChannelConfigurationError(f"channel {name!r}: cannot import backend {entry['BACKEND']!r}: {exc}") from exc
+        if not (isinstance(backend, type) and issubclass(backend, Channel)):
+            raise ChannelConfigurationError(f"channel {name!r}: {entry['BACKEND']!r} is not a Channel subclass")
+        try:
+            channels[name] = backend(name, **entry.get("OPTIONS", {}))
+        except TypeError as exc:  # an unknown or missing option
+            raise ChannelConfigurationError(f"channel {name!r}: bad options: {exc}") from exc
+    return channels
+
+
+def _reset(*, setting: str, **kwargs) -> None:
+    global _channels
+    if setting == "NOTIFICATION_CHANNELS":
+        _channels = None
+
+
+setting_changed.connect(_reset)

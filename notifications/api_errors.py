@@ -1,0 +1,75 @@
+"""One error format for every 4xx and 5xx answer of the API:
+
+    {"error": {"code": "invalid", "message": "Invalid field(s): to", "fields": {"to": ["..."]}}}
+
+`code` is stable and machine-readable, `message` is for people, `fields` (validation errors
+only) names each offending field.
+"""
+
+from __future__ import annotations
+
+from django.db import InterfaceError, OperationalError
+from django.http import JsonResponse
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+# Seconds a client should wait before retrying while the database is unreachable.
+DATABASE_RETRY_AFTER = 5
+
+_CODES = {
+    exceptions.ParseError: "malformed_json",
+    exceptions.UnsupportedMediaType: "unsupported_media_type",
+    exceptions.NotFound: "not_found",
+    exceptions.MethodNotAllowed: "method_not_allowed",
+    exceptions.NotAcceptable: "not_acceptable",
+    exceptions.Throttled: "throttled",
+    exceptions.NotAuthenticated: "not_authenticated",
+    exceptions.AuthenticationFailed: "not_authenticated",
+    exceptions.PermissionDenied: "permission_denied",
+}
+
+
+def error_body(code: str, message: str, fields: dict | None = None) -> dict:
+    body = {"code": code, "message": message}
+    if fields:
+        body["fields"] = fields
+    return {"error": body}
+
+
+def error_response(code: str, message: str, status_code: int, fields: dict | None = None) -> JsonResponse:
+    """The same format, for answers given outside DRF views (middleware, URL handlers)."""
+    return JsonResponse(error_body(code, message, fields), status=status_code)
+
+
+def exception_handler(exc, context):
+    """DRF's exception handler, reshaped into the format above."""
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        response = Response(
+            error_body("database_unavailable", "The database is unavailable; nothing was stored. Retry later."),
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
+        response["Retry-After"] = str(DATABASE_RETRY_AFTER)
+        return response
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
+        fields = _as_field_dict(exc.detail)
+        message = "Invalid request: " + "; ".join(
+            f"{name}: {' '.join(str(m) for m in messages)}" for name, messages in fields.items()
+        )
+        response.data = error_body("invalid", message, fields)
+    else:
+        code = next((c for cls, c in _CODES.items() if isinstance(exc, cls)), "error")
+        detail = exc.detail if isinstance(exc, exceptions.APIException) else str(exc)
+        response.data = error_body(code, str(detail))
+    return response
+
+
+def _as_field_dict(detail) -> dict[str, list[str]]:
+    if isinstance(detail, dict):
+        return {name: [str(m) for m in (messages if isinstance(messages, list) else [messages])]
+                for name, messages in detail.items()}
+    messages = detail if isinstance(detail, list) else [detail]
+    return {"non_field_errors": [str(m) for m in messages]}

@@ -1,0 +1,179 @@
+"""Django settings for the notification service.
+
+Everything that differs between machines comes from the environment (see .env.example).
+"""
+
+import os
+import warnings
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, got {value!r}") from None
+
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+# A development key is acceptable only with DEBUG on or for local runs; production sets its own.
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or "insecure-development-key-set-DJANGO_SECRET_KEY"
+ALLOWED_HOSTS = [h.strip() for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "*").split(",") if h.strip()]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "channels.apps.ChannelsConfig",
+    "notifications.apps.NotificationsConfig",
+    "outbox.apps.OutboxConfig",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "notifications.middleware.RequestBodyLimitMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "notifications_project.urls"
+WSGI_APPLICATION = "notifications_project.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------------
+# PostgreSQL only: the outbox relies on FOR UPDATE SKIP LOCKED and LISTEN/NOTIFY.
+# Connections are persistent and health-checked at each request, so a restarted database is
+# reconnected to without restarting the process; connect_timeout bounds a request's wait
+# while the database is unreachable.
+DATABASE_URL = os.environ.get("DATABASE_URL", "")
+if DATABASE_URL:
+    import dj_database_url
+
+    _db = dj_database_url.parse(DATABASE_URL)
+    if _db["ENGINE"] != "django.db.backends.postgresql":
+        raise ImproperlyConfigured("DATABASE_URL must point at PostgreSQL (postgres://...)")
+else:
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+    from notifications_project import embedded_postgres
+
+    _server = embedded_postgres.ensure_running()
+    _db = {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": embedded_postgres.DATABASE_NAME,
+        "USER": embedded_postgres.USER,
+        "HOST": _server.socket_dir,
+        "PORT": str(_server.port),
+    }
+_db.setdefault("OPTIONS", {})
+_db["OPTIONS"].setdefault("connect_timeout", int(env_float("DATABASE_CONNECT_TIMEOUT", 5)))
+_db["CONN_MAX_AGE"] = None
+_db["CONN_HEALTH_CHECKS"] = True
+_db["TEST"] = {"NAME": os.environ.get("DATABASE_TEST_NAME") or f"test_{_db['NAME']}"}
+DATABASES = {"default": _db}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Internationalisation, static files ------------------------------------------------------
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+# Serve the admin's static files from the installed apps, so no collectstatic step is needed
+# for a local run; production images run collectstatic.
+WHITENOISE_USE_FINDERS = True
+
+# --- API -------------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": [],
+    "UNAUTHENTICATED_USER": None,
+    "EXCEPTION_HANDLER": "notifications.api_errors.exception_handler",
+}
+# Requests to the API larger than this answer 413.
+NOTIFY_MAX_REQUEST_BYTES = int(env_float("NOTIFY_MAX_REQUEST_BYTES", 256 * 1024))
+
+# --- Channels -------------------------------------------------------------------------------
+# name -> {"BACKEND": dotted path, "OPTIONS": {...}}, shaped like DATABASES and CACHES.
+# Read from a TOML file so that operators change channels without touching code.
+NOTIFY_CHANNELS_FILE = os.environ.get("NOTIFY_CHANNELS_FILE") or str(BASE_DIR / "channels.toml")
+
+from channels.config import load_channels_file  # noqa: E402
+
+NOTIFICATION_CHANNELS = load_channels_file(NOTIFY_CHANNELS_FILE)
+
+# --- Delivery (outbox and dispatchers) --------------------------------------------------------
+OUTBOX = {
+    # How long a dispatcher owns the rows it claimed; a dead dispatcher's rows are claimable
+    # again after this. Keep it well above every channel's send timeout.
+    "LEASE_SECONDS": env_float("OUTBOX_LEASE_SECONDS", 60),
+    # Fallback wake-up for scheduled retries and expired leases (new work wakes by NOTIFY).
+    "POLL_INTERVAL_SECONDS": env_float("OUTBOX_POLL_INTERVAL_SECONDS", 1.0),
+    # Exponential backoff with full jitter: attempt n waits uniform(0, min(cap, base * 2**(n-1))).
+    "RETRY_BASE_SECONDS": env_float("OUTBOX_RETRY_BASE_SECONDS", 5),
+    "RETRY_CAP_SECONDS": env_float("OUTBOX_RETRY_CAP_SECONDS", 3600),
+    "MAX_ATTEMPTS": int(env_float("OUTBOX_MAX_ATTEMPTS", 10)),
+    # An API process sends at most one NOTIFY per this many milliseconds (NOTIFY serialises
+    # commits on a global lock); dispatchers look once more after this window.
+    "NOTIFY_DEBOUNCE_MS": env_float("OUTBOX_NOTIFY_DEBOUNCE_MS", 10),
+}
+
+# --- Logging --------------------------------------------------------------------------------
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {
+        "pgserver": {"level": "WARNING"},
+        "django.db.backends": {"level": "INFO"},
+    },
+}

@@ -1,0 +1,288 @@
+"""One dispatcher process: claim due outbox rows, send them on a thread pool, record outcomes.
+
+Three kinds of threads share the work:
+- the main thread claims rows (one short transaction per batch) and hands them to the pool;
+- the pool's threads send, outside any transaction, and queue each outcome;
+- the recorder thread writes queued outcomes in batches (outbox.store.record_outcomes).
+A listener thread holds a LISTEN connection and wakes the main thread when new work commits;
+without a notification the main thread still looks every poll interval (scheduled retries,
+expired leases, missed notifications).
+
+At-least-once: a row stays in the outbox until its outcome is recorded. If this process dies,
+its leases expire and other dispatchers claim the rows again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import socket
+import secrets
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Sequence
+
+from django.db import DatabaseError, InterfaceError, connection
+
+from channels.base import Channel
+from channels.errors import PermanentChannelError, TransientChannelError
+
+from . import store
+from .listen import OutboxListener
+from .retry import RetryPolicy
+
+logger = logging.getLogger("outbox.dispatcher")
+
+_STOP = object()  # end-of-work marker on the outcome queue
+
+
+def new_dispatcher_id() -> str:
+    """host:pid:random, unique per process lifetime; shown in leases and history."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
+
+
+class Backoff:
+    """Exponential wait between attempts to reach the database: 0.5 s doubling to 30 s."""
+
+    def __init__(self, first: float = 0.5, cap: float = 30.0):
+        self.first, self.cap, self.current = first, cap, first
+
+    def next(self) -> float:
+        wait, self.current = self.current, min(self.cap, self.current * 2)
+        return wait
+
+    def reset(self) -> None:
+        self.current = self.first
+
+
+class Dispatcher:
+    """Delivers outbox rows for `channels` until `stop()` is called (or SIGTERM/SIGINT)."""
+
+    def __init__(
+        self,
+        *,
+        channels: dict[str, Channel],
+        threads: int = 16,
+        batch_size: int = 100,
+        lease_seconds: float = 60.0,
+        poll_interval: float = 1.0,
+        notify_debounce: float = 0.01,
+        retry_policy: RetryPolicy,
+        dispatcher_id: str | None = None,
+    ):
+        self.channels = channels
+        self.threads = threads
+        self.batch_size = batch_size
+        self.lease_seconds = lease_seconds
+        self.poll_interval = poll_interval
+        self.retry_policy = retry_policy
+        self.id = dispatcher_id or new_dispatcher_id()
+        # Rows claimed but not yet sent wait in the pool's queue; bounding them keeps that wait
+        # short relative to the lease. A claim is made once a useful number of slots is free.
+        self.max_in_flight = threads + batch_size
+        self.claim_threshold = max(1, min(batch_size, threads) // 2)
+        # After a NOTIFY, look once more when the intake's debounce window has passed: commits
+        # inside the window skipped their own NOTIFY.
+        self.recheck_delay = notify_debounce + 0.005
+
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._in_flight = 0
+        self._in_flight_lock = threading.Lock()
+        self._recheck_at: float | None = None
+        self._outcomes: queue.Queue = queue.Queue()
+        self.sent = self.failed = self.retried = 0
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop claiming; in-flight sends finish and are recorded, then run() returns."""
+        self._stop.set()
+        self._wake.set()
+
+    def run(self) -> int:
+        """The dispatcher's loop; returns the process exit code (0 after a graceful stop)."""
+        logger.info(
+            "dispatcher %s started: channels=%s threads=%d batch=%d lease=%.0fs",
+            self.id, ",".join(sorted(self.channels)), self.threads, self.batch_size, self.lease_seconds,
+        )
+        listener = OutboxListener(on_notify=self._notified, stop=self._stop)
+        listener.start()
+        recorder = threading.Thread(target=self._record_loop, name="recorder", daemon=True)
+        recorder.start()
+        pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="send")
+        try:
+            self._claim_loop(pool)
+        finally:
+            pool.shutdown(wait=True)  # in-flight sends finish ...
+            self._outcomes.put(_STOP)
+            recorder.join()  # ... and their outcomes are recorded
+            connection.close()
+        logger.info("dispatcher %s stopped: sent=%d retried=%d failed=%d", self.id, self.sent, self.retried, self.failed)
+        return 0
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT stop gracefully; a second one exits at once (leases cover the rest)."""
+
+        def handle(signum, frame):
+            if self._stop.is_set():
+                os._exit(1)
+            logger.info("dispatcher %s: %s received, finishing in-flight sends", self.id, signal.Signals(signum).name)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, handle)
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # ignored under a supervisor
+            signal.signal(signal.SIGINT, handle)
+
+    # --- claiming -----------------------------------------------------------------------------
+
+    def _claim_loop(self, pool: ThreadPoolExecutor) -> None:
+        backoff = Backoff()
+        channel_names = sorted(self.channels)
+        while not self._stop.is_set():
+            free = self.max_in_flight - self._in_flight
+            if free < self.claim_threshold:
+                self._wait(self.poll_interval)
+                continue
+            self._wake.clear()
+            limit = min(self.batch_size, free)
+            try:
+                deliveries = store.claim(
+                    dispatcher=self.id, limit=limit, lease_seconds=self.lease_seconds, channels=channel_names
+                )
+            except (DatabaseError, InterfaceError) as exc:
+                wait = backoff.next()
+                logger.warning("dispatcher %s: claim failed (%s); retrying in %.1fs", self.id, exc, wait)
+                connection.close()  # a fresh connection next time (the server may have restarted)
+                self._stop.wait(wait)
+                continue
+            backoff.reset()
+            for delivery in deliveries:
+                with self._in_flight_lock:
+                    self._in_flight += 1
+                pool.submit(self._send, delivery)
+            if len(deliveries) < limit:
+                self._wait(self._idle_timeout())
+
+    def _idle_timeout(self) -> float:
+        now = time.monotonic()
+        if self._recheck_at is None:
+            return self.poll_interval
+        if self._recheck_at <= now:
+            self._recheck_at = None  # the claim just made was the recheck
+            return self.poll_interval
+        return min(self.poll_interval, self._recheck_at - now)
+
+    def _wait(self, timeout: float) -> None:
+        self._wake.wait(timeout)
+
+    def _notified(self) -> None:
+        self._recheck_at = time.monotonic() + self.recheck_delay
+        self._wake.set()
+
+    # --- sending ------------------------------------------------------------------------------
+
+    def _send(self, delivery: store.Delivery) -> None:
+        try:
+            outcome = self._attempt(delivery)
+            if outcome is not None:
+                self._outcomes.put(outcome)
+        finally:
+            with self._in_flight_lock:
+                self._in_flight -= 1
+                slots_opened = self.max_in_flight - self._in_flight == self.claim_threshold
+            if slots_opened:
+                self._wake.set()
+
+    def _attempt(self, delivery: store.Delivery) -> store.Outcome | None:
+        channel = self.channels[delivery.channel]
+        # Start a send only if it can finish inside the lease: otherwise another dispatcher
+        # could claim the row while we are still sending it.
+        if time.monotonic() + channel.send_timeout > delivery.lease_expires:
+            logger.warning(
+                "notification=%s: lease too close to expiry to send; left for the next claim",
+                delivery.notification_id,
+            )
+            return None
+        started = time.monotonic()
+        try:
+            provider_id = channel.send(delivery.message)
+            outcome = store.Outcome(delivery, "sent", provider_message_id=provider_id or "")
+        except PermanentChannelError as exc:
+            outcome = store.Outcome(delivery, "failed", error=_describe(exc))
+        except TransientChannelError as exc:
+            outcome = self._transient(delivery, _describe(exc), exc.retry_after)
+        except Exception as exc:  # a bug in a channel must not stop the dispatcher
+            logger.exception("notification=%s channel=%s: unexpected error in send", delivery.notification_id, delivery.channel)
+            outcome = self._transient(delivery, f"unexpected {type(exc).__name__}: {exc}", None)
+        logger.info(
+            "delivery notification=%s channel=%s attempt=%d outcome=%s duration_ms=%.1f%s",
+            delivery.notification_id, delivery.channel, delivery.attempt, outcome.status,
+            (time.monotonic() - started) * 1000, f" error={outcome.error!r}" if outcome.error else "",
+        )
+        return outcome
+
+    def _transient(self, delivery: store.Delivery, error: str, retry_after: float | None) -> store.Outcome:
+        delay = self.retry_policy.delay(delivery.attempt, retry_after)
+        if delay is None:
+            return store.Outcome(delivery, "failed", error=f"gave up after {delivery.attempt} attempts: {error}")
+        return store.Outcome(delivery, "retrying", error=error, retry_delay=delay)
+
+    # --- recording ----------------------------------------------------------------------------
+
+    def _record_loop(self) -> None:
+        """Write outcomes in batches: whatever has queued up while the last batch was written."""
+        stopping = False
+        while not stopping:
+            batch = [self._outcomes.get()]
+            while len(batch) < 1000:
+                try:
+                    batch.append(self._outcomes.get_nowait())
+                except queue.Empty:
+                    break
+            if _STOP in batch:
+                batch.remove(_STOP)
+                stopping = True
+            if batch:
+                self._record(batch)
+        connection.close()
+
+    def _record(self, outcomes: Sequence[store.Outcome]) -> None:
+        """Record until it succeeds, or until the leases have run out (then recording is moot:
+        the rows are claimed and sent again, which at-least-once allows)."""
+        backoff = Backoff()
+        deadline = max(o.delivery.lease_expires for o in outcomes)
+        while True:
+            try:
+                recorded = store.record_outcomes(outcomes, dispatcher=self.id)
+                break
+            except (DatabaseError, InterfaceError) as exc:
+                connection.close()
+                if time.monotonic() > deadline:
+                    logger.error(
+                        "dispatcher %s: could not record %d outcomes before their leases expired (%s); "
+                        "they will be sent again", self.id, len(outcomes), exc,
+                    )
+                    return
+                wait = backoff.next()
+                logger.warning("dispatcher %s: recording outcomes failed (%s); retrying in %.1fs", self.id, exc, wait)
+                time.sleep(wait)
+        for outcome in outcomes:
+            if outcome.status == "sent":
+                self.sent += 1
+            elif outcome.status == "failed":
+                self.failed += 1
+            else:
+                self.retried += 1
+        if recorded < len(outcomes):
+            logger.warning(
+                "dispatcher %s: %d of %d outcomes not recorded: their lease expired and the rows were claimed again",
+                self.id, len(outcomes) - recorded, len(outcomes),
+            )
+
+
+def _describe(exc: Exception) -> str:
+    return str(exc) or type(exc).__name__

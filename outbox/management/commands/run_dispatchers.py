@@ -1,0 +1,71 @@
+"""python manage.py run_dispatchers: the delivery side of the service."""
+
+import os
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from channels.registry import all_channels
+from outbox.dispatcher import Dispatcher
+from outbox.retry import RetryPolicy
+from outbox.supervisor import Supervisor
+
+
+class Command(BaseCommand):
+    help = (
+        "Run dispatcher processes that claim due notifications from the outbox and send them. "
+        "Run as many as you like, on as many hosts as you like, against one database."
+    )
+
+    def add_arguments(self, parser):
+        conf = settings.OUTBOX
+        parser.add_argument("--processes", type=int, default=os.cpu_count() or 1,
+                            help="dispatcher processes (default: one per CPU)")
+        parser.add_argument("--threads", type=int, default=16,
+                            help="concurrent sends per process (default 16)")
+        parser.add_argument("--channels", default="",
+                            help="comma-separated channel names to serve (default: all configured)")
+        parser.add_argument("--batch-size", type=int, default=100,
+                            help="rows claimed per transaction (default 100)")
+        parser.add_argument("--lease-seconds", type=float, default=conf["LEASE_SECONDS"],
+                            help="how long a claim holds its rows (default OUTBOX_LEASE_SECONDS)")
+        parser.add_argument("--poll-interval", type=float, default=conf["POLL_INTERVAL_SECONDS"],
+                            help="seconds between looks for due work without a notification")
+
+    def handle(self, *args, **options):
+        configured = all_channels()
+        if options["channels"]:
+            names = [n.strip() for n in options["channels"].split(",") if n.strip()]
+            unknown = sorted(set(names) - set(configured))
+            if unknown:
+                raise CommandError(f"unknown channel(s) {', '.join(unknown)}; configured: {', '.join(sorted(configured))}")
+            channels = {name: configured[name] for name in names}
+        else:
+            channels = configured
+        for name in ("processes", "threads", "batch_size"):
+            if options[name] < 1:
+                raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
+        slowest = max(channels.values(), key=lambda c: c.send_timeout)
+        if slowest.send_timeout >= options["lease_seconds"]:
+            raise CommandError(
+                f"--lease-seconds ({options['lease_seconds']}) must exceed the send timeout of channel "
+                f"{slowest.name!r} ({slowest.send_timeout}s)"
+            )
+
+        def run_one() -> int:
+            dispatcher = Dispatcher(
+                channels=channels,
+                threads=options["threads"],
+                batch_size=options["batch_size"],
+                lease_seconds=options["lease_seconds"],
+                poll_interval=options["poll_interval"],
+                notify_debounce=settings.OUTBOX["NOTIFY_DEBOUNCE_MS"] / 1000,
+                retry_policy=RetryPolicy.from_settings(),
+            )
+            dispatcher.install_signal_handlers()
+            return dispatcher.run()
+
+        supervisor = Supervisor(
+            processes=options["processes"], target=run_one, graceful_timeout=options["lease_seconds"]
+        )
+        raise SystemExit(supervisor.run())

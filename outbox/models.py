@@ -1,0 +1,34 @@
+"""The outbox: one row per notification still to be delivered, and nothing else.
+
+A row is written in the same transaction as its notification, claimed by a dispatcher under a
+lease, and deleted when the notification is sent or has failed for good. The table stays as
+small as the backlog, so the claim's index scan stays short.
+"""
+
+from django.db import models
+
+
+class OutboxEntry(models.Model):
+    """Pending delivery of one notification.
+
+    `run_at` is when the row is next claimable: now for new work, the backoff time for a retry,
+    and the lease's end while a dispatcher holds it. One ordered index on `run_at` therefore
+    serves new work, due retries and expired leases alike (see outbox/sql.py, CLAIM).
+    """
+
+    notification = models.OneToOneField("notifications.Notification", on_delete=models.CASCADE, related_name="+")
+    channel = models.CharField(max_length=100)
+    run_at = models.DateTimeField(db_default=models.functions.Now())
+    attempts = models.PositiveIntegerField(default=0)
+    locked_by = models.CharField(max_length=255, null=True, blank=True)
+    # Fencing token of the current lease: an outcome is recorded only with the token of the
+    # claim that produced it, so a dispatcher whose lease expired cannot overwrite a newer one.
+    lease_token = models.UUIDField(null=True, blank=True)
+
+    class Meta:
+        db_table = "outbox"
+        verbose_name_plural = "outbox"
+        indexes = [models.Index(fields=["run_at", "id"], name="outbox_claim_idx")]
+
+    def __str__(self) -> str:
+        return f"outbox {self.id} for {self.notification_id}"
