@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from channels.registry import all_channels
+
 from .models import Notification, NotificationEvent
 
 
@@ -53,6 +55,13 @@ class NotificationRequestSerializer(serializers.Serializer):
             errors = {**exc.detail, **errors}
         if errors:
             raise serializers.ValidationError(errors)
+        return value
+
+
+    def validate_channel(self, value: str) -> str:
+        known = all_channels()
+        if value not in known:
+            raise serializers.ValidationError(f"Unknown channel {value!r}. Known channels: {', '.join(sorted(known))}.")
         return value
 
 

@@ -88,3 +88,21 @@ def _pg_ctl(data_dir: Path, *args: str) -> None:
     # pgserver runs PostgreSQL as the user 'pgserver' when we are root.
     user = "pgserver" if os.geteuid() == 0 else None
     pg_ctl(["-w", *args], pgdata=data_dir.resolve(), user=user, timeout=60)
+
+
+if __name__ == "__main__":  # python -m notifications_project.embedded_postgres start|stop|status
+    import sys
+    import warnings
+
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+    action = sys.argv[1] if len(sys.argv) > 1 else "status"
+    if action == "start":
+        print(f"embedded PostgreSQL running: {ensure_running().conninfo()}")
+    elif action == "stop":
+        print("embedded PostgreSQL stopped" if stop() else "embedded PostgreSQL was not running")
+    elif action == "status":
+        running = is_running()
+        print("running" if running else "not running")
+        sys.exit(0 if running else 3)
+    else:
+        sys.exit(f"usage: python -m notifications_project.embedded_postgres start|stop|status, not {action!r}")
