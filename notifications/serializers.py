@@ -57,6 +57,21 @@ class NotificationRequestSerializer(serializers.Serializer):
             raise serializers.ValidationError(errors)
         return value
 
+    def validate_metadata(self, value: dict) -> dict:
+        # PostgreSQL's jsonb cannot hold NUL (\u0000) in a key or a string: refuse it here
+        # (400) instead of failing at the insert (500). The text fields refuse it already.
+        def has_nul(item) -> bool:
+            if isinstance(item, str):
+                return "\x00" in item
+            if isinstance(item, dict):
+                return any(has_nul(k) or has_nul(v) for k, v in item.items())
+            if isinstance(item, list):
+                return any(has_nul(v) for v in item)
+            return False
+
+        if has_nul(value):
+            raise serializers.ValidationError("Null characters are not allowed.")
+        return value
 
     def validate_channel(self, value: str) -> str:
         known = all_channels()

@@ -1,0 +1,140 @@
+"""The delivery SQL (outbox/sql.py) against the real database: claim, lease, fencing, outcomes."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from django.db import connection, connections
+
+from notifications.ids import new_notification_id
+from notifications.models import Notification, NotificationEvent
+from outbox import store
+from outbox.models import OutboxEntry
+
+
+def enqueue(count: int, channel: str = "fake") -> list[str]:
+    items = [
+        store.NewNotification(id=new_notification_id(), channel=channel, recipient=f"user{i}@example.com", message=f"m{i}")
+        for i in range(count)
+    ]
+    store.enqueue(items)
+    return [str(item.id) for item in items]
+
+
+def claim(limit: int = 100, lease: float = 60, dispatcher: str = "d1", channels=("fake", "email-log")):
+    return store.claim(dispatcher=dispatcher, limit=limit, lease_seconds=lease, channels=channels)
+
+
+def test_enqueue_writes_notification_event_and_outbox_row_together(db):
+    (nid,) = enqueue(1)
+    notification = Notification.objects.get(pk=nid)
+    assert notification.status == "queued"
+    assert list(notification.events.values_list("status", flat=True)) == ["queued"]
+    entry = OutboxEntry.objects.get(notification_id=nid)
+    assert (entry.channel, entry.attempts, entry.locked_by) == ("fake", 0, None)
+
+
+def test_claim_leases_rows_and_marks_them_sending(db):
+    ids = enqueue(3)
+    deliveries = claim(limit=2)
+    assert len(deliveries) == 2
+    assert {d.notification_id for d in deliveries} <= set(ids)
+    assert all(d.attempt == 1 and d.message.recipient.endswith("@example.com") for d in deliveries)
+    for d in deliveries:
+        assert Notification.objects.get(pk=d.notification_id).status == "sending"
+        entry = OutboxEntry.objects.get(pk=d.outbox_id)
+        assert entry.locked_by == "d1" and entry.lease_token == d.lease_token and entry.attempts == 1
+    # leased rows are not due: only the third row is left to claim
+    rest = claim(limit=10, dispatcher="d2")
+    assert len(rest) == 1 and rest[0].notification_id not in {d.notification_id for d in deliveries}
+    assert claim(limit=10, dispatcher="d3") == []
+
+
+def test_claim_takes_only_the_requested_channels(db):
+    enqueue(2, channel="fake")
+    (email_id,) = enqueue(1, channel="email-log")
+    deliveries = claim(channels=["email-log"])
+    assert [d.notification_id for d in deliveries] == [email_id]
+
+
+def test_claim_takes_the_longest_due_rows_first(db):
+    ids = enqueue(3)
+    with connection.cursor() as cursor:  # the last one has been due for an hour (a retry, say)
+        cursor.execute("UPDATE outbox SET run_at = now() - interval '1 hour' WHERE notification_id = %s", [ids[2]])
+    assert [d.notification_id for d in claim(limit=1)] == [ids[2]]
+
+def test_outcomes_are_recorded_in_one_batch(db):
+    ids = enqueue(3)
+    d_sent, d_failed, d_retry = sorted(claim(), key=lambda d: ids.index(d.notification_id))
+    recorded = store.record_outcomes(
+        [
+            store.Outcome(d_sent, "sent", provider_message_id="prov-1"),
+            store.Outcome(d_failed, "failed", error="recipient unknown"),
+            store.Outcome(d_retry, "retrying", error="timeout", retry_delay=30),
+        ],
+        dispatcher="d1",
+    )
+    assert recorded == 3
+    sent = Notification.objects.get(pk=d_sent.notification_id)
+    assert (sent.status, sent.provider_message_id, sent.sent_at is not None) == ("sent", "prov-1", True)
+    failed = Notification.objects.get(pk=d_failed.notification_id)
+    assert (failed.status, failed.last_error, failed.sent_at) == ("failed", "recipient unknown", None)
+    retrying = Notification.objects.get(pk=d_retry.notification_id)
+    assert (retrying.status, retrying.last_error) == ("retrying", "timeout")
+    # finished rows leave the outbox; the retried one waits ~30 s, unleased
+    entry = OutboxEntry.objects.get()
+    assert str(entry.notification_id) == d_retry.notification_id
+    assert entry.locked_by is None and entry.lease_token is None
+    event = NotificationEvent.objects.get(notification_id=d_retry.notification_id, status="retrying")
+    assert 29 <= (event.next_attempt_at - event.created_at).total_seconds() <= 31
+    assert claim() == []  # not due before its backoff
+    history = NotificationEvent.objects.filter(notification_id=d_sent.notification_id)
+    assert [(e.status, e.attempt, e.provider_message_id, e.dispatcher) for e in history] == [
+        ("queued", 0, "", ""), ("sent", 1, "prov-1", "d1")
+    ]
+
+
+def test_an_expired_lease_is_claimed_again_and_the_stale_outcome_is_fenced_out(db):
+    (nid,) = enqueue(1)
+    (first,) = claim(lease=0.3, dispatcher="stalled")
+    time.sleep(0.5)
+    (second,) = claim(lease=60, dispatcher="healthy")
+    assert second.notification_id == nid and second.attempt == 2
+    assert second.lease_token != first.lease_token
+    # The history says why the notification is tried again.
+    expired = NotificationEvent.objects.get(notification_id=nid, status="retrying")
+    assert expired.dispatcher == "stalled" and "lease expired" in expired.error
+    # The new holder records its outcome; the old holder's late outcome is dropped.
+    assert store.record_outcomes([store.Outcome(second, "sent", provider_message_id="new")], dispatcher="healthy") == 1
+    assert store.record_outcomes([store.Outcome(first, "failed", error="stale")], dispatcher="stalled") == 0
+    notification = Notification.objects.get(pk=nid)
+    assert (notification.status, notification.provider_message_id, notification.attempts) == ("sent", "new", 2)
+
+
+def test_concurrent_claimers_never_share_a_row(transactional_db):
+    enqueue(600)
+    claimed: list[list[int]] = []
+    errors: list[BaseException] = []
+
+    def claimer(name: str) -> None:
+        mine: list[int] = []
+        try:
+            while batch := claim(limit=25, dispatcher=name):
+                mine.extend(d.outbox_id for d in batch)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            claimed.append(mine)
+            connections.close_all()
+
+    threads = [threading.Thread(target=claimer, args=(f"d{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    every = [outbox_id for mine in claimed for outbox_id in mine]
+    assert len(every) == 600 and len(set(every)) == 600
+    assert sum(1 for mine in claimed if mine) >= 2  # the work really was shared
