@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from rest_framework import serializers
 
 from channels.registry import all_channels
@@ -18,6 +20,39 @@ class StrictCharField(serializers.CharField):
         if not isinstance(data, str):
             self.fail("invalid")
         return super().to_internal_value(data)
+
+
+METADATA_MAX_DEPTH = 32
+
+
+def _jsonb_problem(value) -> str | None:
+    """Why PostgreSQL's jsonb (or the JSON encoder before it) cannot store `value`, or None.
+
+    jsonb refuses NUL (\\u0000), lone surrogates and non-finite numbers (1e999 parses as inf),
+    and deep nesting overflows the encoder's recursion: refused here (400) instead of failing
+    at the insert (500). Iterative, so that checking a deep value cannot overflow either.
+    """
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)) and depth > METADATA_MAX_DEPTH:
+            return f"Objects and arrays nested deeper than {METADATA_MAX_DEPTH} levels."
+        if isinstance(item, dict):
+            for key, child in item.items():
+                stack.append((key, depth))
+                stack.append((child, depth + 1))
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                return "Null characters are not allowed."
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return "Surrogate characters are not allowed."
+        elif isinstance(item, float) and not math.isfinite(item):
+            return "Numbers must be finite."
+    return None
 
 
 class NotificationRequestSerializer(serializers.Serializer):
@@ -58,19 +93,9 @@ class NotificationRequestSerializer(serializers.Serializer):
         return value
 
     def validate_metadata(self, value: dict) -> dict:
-        # PostgreSQL's jsonb cannot hold NUL (\u0000) in a key or a string: refuse it here
-        # (400) instead of failing at the insert (500). The text fields refuse it already.
-        def has_nul(item) -> bool:
-            if isinstance(item, str):
-                return "\x00" in item
-            if isinstance(item, dict):
-                return any(has_nul(k) or has_nul(v) for k, v in item.items())
-            if isinstance(item, list):
-                return any(has_nul(v) for v in item)
-            return False
-
-        if has_nul(value):
-            raise serializers.ValidationError("Null characters are not allowed.")
+        problem = _jsonb_problem(value)
+        if problem:
+            raise serializers.ValidationError(problem)
         return value
 
     def validate_channel(self, value: str) -> str:

@@ -291,6 +291,60 @@ def test_nul_characters_are_refused_not_a_server_error(client, db, payload, fiel
     assert_error(post(client, payload), 400, "invalid", fields=[field])
 
 
+def nested(depth: int) -> str:
+    """A JSON object `depth` levels deep: {"a": {"a": ... 1 ...}}."""
+    return '{"a":' * (depth - 1) + '{"a":1' + "}" * depth
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        r'{"channel":"fake","to":"x","message":"hi","metadata":{"k":"\ud800"}}',
+        r'{"channel":"fake","to":"x","message":"hi","metadata":{"\udfff":1}}',
+        r'{"channel":"fake","to":"x","message":"hi","metadata":{"k":1e999}}',
+        r'{"channel":"fake","to":"x","message":"hi","metadata":{"k":[-1e999]}}',
+        '{"channel":"fake","to":"x","message":"hi","metadata":' + nested(33) + "}",
+        '{"channel":"fake","to":"x","message":"hi","metadata":' + nested(600) + "}",
+    ],
+    ids=["surrogate-value", "surrogate-key", "infinity", "minus-infinity-in-list", "depth-33", "depth-600"],
+)
+def test_metadata_jsonb_cannot_store_is_refused_not_a_server_error(db, raw):
+    client = APIClient(raise_request_exception=False)
+    response = client.post(URL, data=raw.encode(), content_type="application/json")
+    assert_error(response, 400, "invalid", fields=["metadata"])
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        r'{"channel":"fake","to":"x","message":"a\ud800b"}',
+        r'{"channel":"fake","to":"x\udfff","message":"hi"}',
+        r'{"channel":"email-log","to":"a@example.com","message":"hi","subject":"\ud800"}',
+    ],
+)
+def test_surrogates_in_text_fields_are_refused(db, raw):
+    response = APIClient(raise_request_exception=False).post(URL, data=raw.encode(), content_type="application/json")
+    assert_error(response, 400, "invalid")
+
+
+def test_metadata_at_the_depth_limit_is_accepted(client, db):
+    raw = '{"channel":"fake","to":"x","message":"hi","metadata":' + nested(32) + "}"
+    response = client.post(URL, data=raw.encode(), content_type="application/json")
+    assert response.status_code == 202, response.content
+    assert row_counts() == (1, 1, 1)
+
+
+def test_json_nested_too_deeply_for_the_decoder_is_malformed(db):
+    raw = '{"channel":"fake","to":"x","message":"hi","metadata":' + nested(5000) + "}"
+    response = APIClient(raise_request_exception=False).post(URL, data=raw.encode(), content_type="application/json")
+    assert_error(response, 400, "malformed_json")
+
+
+def test_nan_is_malformed_json(client, db):
+    raw = '{"channel":"fake","to":"x","message":"hi","metadata":{"k":NaN}}'
+    assert_error(client.post(URL, data=raw, content_type="application/json"), 400, "malformed_json")
+
+
 def test_subject_over_998_characters_is_refused(client, db):
     payload = {"channel": "email-log", "to": "a@example.com", "message": "hi", "subject": "s" * 999}
     assert_error(post(client, payload), 400, "invalid", fields=["subject"])
