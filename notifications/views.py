@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from rest_framework import parsers, status
-from rest_framework.exceptions import ParseError, ValidationError
+from rest_framework import status
+from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
@@ -23,21 +23,8 @@ class NewestFirst(CursorPagination):
     max_page_size = 500
 
 
-class JSONParser(parsers.JSONParser):
-    """DRF's JSONParser, but JSON nested deeper than Python's decoder recursion answers 400
-    (DRF catches only ValueError, so the decoder's RecursionError would be a 500)."""
-
-    def parse(self, stream, media_type=None, parser_context=None):
-        try:
-            return super().parse(stream, media_type, parser_context)
-        except RecursionError:
-            raise ParseError("JSON parse error - nested too deeply") from None
-
-
 class NotificationListView(APIView):
     """POST: accept a notification for delivery (202). GET: list notifications, newest first."""
-
-    parser_classes = [JSONParser]
 
     FILTERS = {"status": "status", "channel": "channel", "to": "recipient"}
 
