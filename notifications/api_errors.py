@@ -61,15 +61,23 @@ def exception_handler(exc, context):
         )
         response.data = error_body("invalid", message, fields)
     else:
-        code = next((c for cls, c in _CODES.items() if isinstance(exc, cls)), "error")
+        code = next((c for cls, c in _CODES.items() if isinstance(exc, cls)), getattr(exc, "default_code", "error"))
         detail = exc.detail if isinstance(exc, exceptions.APIException) else str(exc)
         response.data = error_body(code, str(detail))
     return response
 
 
-def _as_field_dict(detail) -> dict[str, list[str]]:
-    if isinstance(detail, dict):
-        return {name: [str(m) for m in (messages if isinstance(messages, list) else [messages])]
-                for name, messages in detail.items()}
-    messages = detail if isinstance(detail, list) else [detail]
-    return {"non_field_errors": [str(m) for m in messages]}
+def _as_field_dict(detail, prefix: str = "") -> dict[str, list[str]]:
+    """Field errors as {"field": [messages]}; nested ones (batch items) as
+    {"notifications[3].to": [messages]}."""
+    if not isinstance(detail, dict):
+        messages = detail if isinstance(detail, list) else [detail]
+        return {prefix or "non_field_errors": [str(m) for m in messages]}
+    fields: dict[str, list[str]] = {}
+    for name, messages in detail.items():
+        path = f"{prefix}.{name}" if prefix else str(name)
+        if isinstance(messages, dict):
+            fields.update(_as_field_dict(messages, path))
+        else:
+            fields[path] = [str(m) for m in (messages if isinstance(messages, list) else [messages])]
+    return fields

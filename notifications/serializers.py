@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import math
 
+from datetime import timedelta
+
+from django.conf import settings
+from django.utils import timezone
 from rest_framework import serializers
 
 from channels.registry import all_channels
 
-from .models import Notification, NotificationEvent
+from .models import Notification, NotificationEvent, Priority
+
+# A send_at this little in the past (client clocks drift) means "now".
+SEND_AT_TOLERANCE = timedelta(minutes=5)
 
 
 class StrictCharField(serializers.CharField):
@@ -67,6 +74,9 @@ class NotificationRequestSerializer(serializers.Serializer):
     message = StrictCharField(trim_whitespace=False)
     subject = StrictCharField(required=False, allow_blank=True, max_length=998, default="", trim_whitespace=False)
     metadata = serializers.DictField(required=False, default=dict)
+    priority = serializers.ChoiceField(choices=[label for _, label in Priority.choices], required=False, default="normal")
+    send_at = serializers.DateTimeField(required=False, default=None, allow_null=True)
+    expires_at = serializers.DateTimeField(required=False, default=None, allow_null=True)
 
     def to_internal_value(self, data):
         if not isinstance(data, dict):
@@ -78,7 +88,7 @@ class NotificationRequestSerializer(serializers.Serializer):
                 if name in data and data[name] != data[alias]:
                     errors[alias] = [f"Conflicts with {name!r}; send only one of them."]
                 data[name] = data.pop(alias)
-        expected = "channel (or type), to, message, subject, metadata"
+        expected = "channel (or type), to, message, subject, metadata, priority, send_at, expires_at"
         for name in sorted(set(data) - set(self.fields)):
             errors[name] = [f"Unknown field. Expected: {expected}."]
             del data[name]
@@ -98,6 +108,28 @@ class NotificationRequestSerializer(serializers.Serializer):
             raise serializers.ValidationError(problem)
         return value
 
+    def validate_send_at(self, value):
+        if value is None:
+            return None
+        now = timezone.now()
+        horizon = timedelta(days=settings.NOTIFY_MAX_SCHEDULE_DAYS)
+        if value < now - SEND_AT_TOLERANCE:
+            raise serializers.ValidationError("Must not be in the past.")
+        if value > now + horizon:
+            raise serializers.ValidationError(f"At most {settings.NOTIFY_MAX_SCHEDULE_DAYS} days ahead.")
+        return value
+
+    def validate_expires_at(self, value):
+        if value is not None and value <= timezone.now():
+            raise serializers.ValidationError("Must be in the future.")
+        return value
+
+    def validate(self, attrs):
+        if attrs.get("send_at") and attrs.get("expires_at") and attrs["expires_at"] <= attrs["send_at"]:
+            raise serializers.ValidationError({"expires_at": ["Must be later than send_at."]})
+        attrs["priority"] = Priority[attrs["priority"].upper()].value
+        return attrs
+
     def validate_channel(self, value: str) -> str:
         known = all_channels()
         if value not in known:
@@ -110,17 +142,19 @@ class NotificationEventSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = NotificationEvent
-        fields = ["status", "at", "attempt", "error", "provider_message_id", "dispatcher", "next_attempt_at"]
+        fields = ["status", "at", "attempt", "error", "provider_message_id", "dispatcher", "next_attempt_at", "note"]
 
 
 class NotificationSerializer(serializers.ModelSerializer):
     to = serializers.CharField(source="recipient")
+    priority = serializers.CharField(source="get_priority_display")
 
     class Meta:
         model = Notification
         fields = [
-            "id", "status", "channel", "to", "subject", "message", "metadata", "attempts",
-            "last_error", "provider_message_id", "created_at", "updated_at", "sent_at",
+            "id", "status", "channel", "to", "subject", "message", "metadata", "priority",
+            "send_at", "expires_at", "attempts", "last_error", "provider_message_id",
+            "created_at", "updated_at", "sent_at",
         ]
 
 
@@ -129,3 +163,27 @@ class NotificationDetailSerializer(NotificationSerializer):
 
     class Meta(NotificationSerializer.Meta):
         fields = NotificationSerializer.Meta.fields + ["events"]
+
+
+class BatchRequestSerializer(serializers.Serializer):
+    """POST /api/v1/notifications/batch: {"notifications": [ ...up to 1,000 items... ]}.
+    Every item is validated before anything is written; one bad item rejects the batch."""
+
+    notifications = serializers.ListField(child=serializers.DictField(), min_length=1, max_length=1000)
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - {"notifications"})
+            if unknown:
+                raise serializers.ValidationError({name: ["Unknown field. Expected: notifications."] for name in unknown})
+        value = super().to_internal_value(data)
+        items, errors = [], {}
+        for index, item in enumerate(value["notifications"]):
+            serializer = NotificationRequestSerializer(data=item)
+            if serializer.is_valid():
+                items.append(serializer.validated_data)
+            else:
+                errors[f"notifications[{index}]"] = serializer.errors
+        if errors:
+            raise serializers.ValidationError(errors)
+        return items

@@ -1,10 +1,20 @@
-"""Writes of the notifications domain, shared by the API and the admin."""
+"""Writes of the notifications domain, shared by the API and the admin.
+
+Validation happens before any write; the writes themselves are single statements of
+outbox/sql.py (several in one transaction only with an Idempotency-Key).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import hashlib
+import json
+import uuid
+from typing import Any, Sequence
 
-from rest_framework.exceptions import ValidationError
+from django.conf import settings
+from django.db import transaction
+from rest_framework import status
+from rest_framework.exceptions import APIException, NotFound, ValidationError
 
 from channels.base import Message
 from channels.errors import InvalidMessage
@@ -12,10 +22,26 @@ from channels.registry import all_channels
 from outbox import store
 
 from .ids import new_notification_id
-from .models import Notification, Status
+from .models import ApiClient, Notification, Status
 
 
-def notification_validate(*, channel: str, to: str, message: str, subject: str = "", metadata: dict | None = None) -> store.NewNotification:
+class Conflict(APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "conflict"
+
+
+class IdempotencyKeyReused(APIException):
+    status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
+    default_code = "idempotency_key_reused"
+    default_detail = (
+        "This Idempotency-Key was already used with a different request body. "
+        "Use a new key for a new request."
+    )
+
+
+def notification_validate(*, channel: str, to: str, message: str, subject: str = "",
+                          metadata: dict | None = None, priority: int = 1, send_at=None,
+                          expires_at=None) -> store.NewNotification:
     """Check a notification against its channel; return it normalised, ready to enqueue.
 
     Raises ValidationError naming the field: an unknown channel (listing the known ones), or a
@@ -30,23 +56,94 @@ def notification_validate(*, channel: str, to: str, message: str, subject: str =
     except InvalidMessage as exc:
         raise ValidationError({exc.field: [exc.message]}) from None
     return store.NewNotification(
-        id=new_notification_id(),
-        channel=channel,
-        recipient=checked.recipient,
-        subject=checked.subject,
-        message=checked.body,
-        metadata=checked.metadata,
+        id=new_notification_id(), channel=channel, recipient=checked.recipient, subject=checked.subject,
+        message=checked.body, metadata=checked.metadata, priority=priority, send_at=send_at,
+        expires_at=expires_at,
     )
 
 
-def notification_create(**fields: Any) -> Notification:
-    """Validate and accept one notification: the notification, its first history event and its
-    outbox row are committed together, and nothing is sent here. Returns it (unsaved copy,
-    built from what was written; no read-back query)."""
-    new = notification_validate(**fields)
-    (created_at,) = store.enqueue([new])
+def request_fingerprint(endpoint: str, body: Any) -> str:
+    """What makes two requests "the same" for an Idempotency-Key: endpoint and JSON body."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(f"{endpoint}\n{canonical}".encode()).hexdigest()
+
+
+def notifications_create(*, client: ApiClient, items: Sequence[dict], idempotency_key: str | None = None,
+                         fingerprint: str = "") -> tuple[list[Notification], bool]:
+    """Validate and accept notifications, all or nothing: each one's row, first history event
+    and outbox row are committed together, and nothing is sent here.
+
+    With an idempotency key, a repeat of an earlier request (same key, same fingerprint)
+    creates nothing and returns the earlier notifications as they are now; the bool says
+    whether this was such a replay. Raises ValidationError (per item, by index, for batches),
+    or IdempotencyKeyReused.
+    """
+    validated, errors = [], {}
+    for index, item in enumerate(items):
+        try:
+            validated.append(notification_validate(**item))
+        except ValidationError as exc:
+            errors[index] = exc.detail
+    if errors:
+        if len(items) == 1 and 0 in errors:
+            raise ValidationError(errors[0])
+        raise ValidationError({f"notifications[{i}]": detail for i, detail in errors.items()})
+
+    if idempotency_key is None:
+        written = store.enqueue(validated, client_id=client.pk)
+        return [_as_notification(new, row, client) for new, row in zip(validated, written)], False
+
+    with transaction.atomic():
+        earlier = store.take_idempotency_key(
+            client_id=client.pk, key=idempotency_key, request_hash=fingerprint,
+            notification_ids=[n.id for n in validated], ttl_seconds=settings.NOTIFY_IDEMPOTENCY_TTL_SECONDS,
+        )
+        if earlier is None:
+            written = store.enqueue(validated, client_id=client.pk)
+            return [_as_notification(new, row, client) for new, row in zip(validated, written)], False
+    request_hash, ids = earlier
+    if request_hash != fingerprint:
+        raise IdempotencyKeyReused()
+    found = Notification.objects.in_bulk(ids)
+    return [found[i] for i in ids if i in found], True
+
+
+def _as_notification(new: store.NewNotification, written: store.Enqueued, client: ApiClient) -> Notification:
+    """The notification as written, without reading it back."""
     return Notification(
-        id=new.id, channel=new.channel, recipient=new.recipient, subject=new.subject,
-        message=new.message, metadata=new.metadata or {}, status=Status.QUEUED, attempts=0,
-        created_at=created_at, updated_at=created_at,
+        id=new.id, client=client, channel=new.channel, recipient=new.recipient, subject=new.subject,
+        message=new.message, metadata=new.metadata or {}, status=written.status, attempts=0,
+        priority=new.priority, send_at=new.send_at, expires_at=new.expires_at,
+        created_at=written.created_at, updated_at=written.created_at,
     )
+
+
+def notification_cancel(*, notification_id: uuid.UUID, client_id: int, by: str) -> None:
+    """Cancel a notification whose send has not started (also while a dispatcher holds it).
+
+    Raises NotFound (no such notification for this client) or Conflict (already sending,
+    sent, failed, cancelled or expired)."""
+    status_before, cancelled = store.cancel(notification_id=notification_id, client_id=client_id, note=f"cancelled by {by}")
+    if status_before is None:
+        raise NotFound(f"No notification {notification_id}.")
+    if not cancelled:
+        if status_before in Status.cancellable():  # its send started meanwhile
+            status_before = Status.SENDING
+        raise Conflict(
+            f"Notification {notification_id} is {status_before}; only "
+            f"{', '.join(Status.cancellable())} notifications can be cancelled."
+        )
+
+
+def notification_resend(*, notification_id: uuid.UUID, client_id: int, by: str) -> None:
+    """Queue a sent or failed notification again; its history keeps every earlier attempt.
+
+    Raises NotFound or Conflict (not sent or failed)."""
+    status_before, resent = store.resend(notification_id=notification_id, client_id=client_id, note=f"resent by {by}")
+    if status_before is None:
+        raise NotFound(f"No notification {notification_id}.")
+    if not resent:
+        raise Conflict(
+            f"Notification {notification_id} is {status_before}; only "
+            f"{' or '.join(Status.resendable())} notifications can be resent."
+        )

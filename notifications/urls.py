@@ -1,10 +1,18 @@
-from django.urls import path, re_path
+from django.urls import path
 
 from . import views
 
+
+def both(route: str, view, name: str) -> list:
+    """The route with and without a trailing slash (clients send both)."""
+    return [path(route, view, name=name), path(f"{route}/", view)]
+
+
 urlpatterns = [
-    re_path(r"^notifications/?$", views.NotificationListView.as_view(), name="notification-list"),
-    path("notifications/<uuid:pk>", views.NotificationDetailView.as_view(), name="notification-detail"),
-    path("notifications/<uuid:pk>/", views.NotificationDetailView.as_view()),
-    re_path(r"^channels/?$", views.ChannelListView.as_view(), name="channel-list"),
+    *both("notifications", views.NotificationListView.as_view(), "notification-list"),
+    *both("notifications/batch", views.NotificationBatchView.as_view(), "notification-batch"),
+    *both("notifications/<uuid:pk>", views.NotificationDetailView.as_view(), "notification-detail"),
+    *both("notifications/<uuid:pk>/cancel", views.NotificationCancelView.as_view(), "notification-cancel"),
+    *both("notifications/<uuid:pk>/resend", views.NotificationResendView.as_view(), "notification-resend"),
+    *both("channels", views.ChannelListView.as_view(), "channel-list"),
 ]

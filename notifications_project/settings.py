@@ -41,6 +41,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django.contrib.postgres",
     "rest_framework",
     "channels.apps.ChannelsConfig",
     "notifications.apps.NotificationsConfig",
@@ -131,11 +132,19 @@ WHITENOISE_USE_FINDERS = True
 REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["notifications.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_AUTHENTICATION_CLASSES": [],
-    "DEFAULT_PERMISSION_CLASSES": [],
+    "DEFAULT_AUTHENTICATION_CLASSES": ["notifications.auth.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_THROTTLE_CLASSES": ["notifications.throttling.ApiClientRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {"api_client": os.environ.get("NOTIFY_THROTTLE_RATE") or "100000/minute"},
     "UNAUTHENTICATED_USER": None,
     "EXCEPTION_HANDLER": "notifications.api_errors.exception_handler",
 }
+# A revoked API key stops working in other API processes within this many seconds.
+NOTIFY_API_KEY_CACHE_SECONDS = env_float("NOTIFY_API_KEY_CACHE_SECONDS", 10)
+# How long an Idempotency-Key is remembered.
+NOTIFY_IDEMPOTENCY_TTL_SECONDS = env_float("NOTIFY_IDEMPOTENCY_TTL_SECONDS", 24 * 3600)
+# How far ahead send_at may be.
+NOTIFY_MAX_SCHEDULE_DAYS = env_float("NOTIFY_MAX_SCHEDULE_DAYS", 30)
 # Requests to the API larger than this answer 413.
 NOTIFY_MAX_REQUEST_BYTES = int(env_float("NOTIFY_MAX_REQUEST_BYTES", 256 * 1024))
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+from collections import deque
 import signal
 import socket
 import secrets
@@ -80,17 +81,17 @@ class Dispatcher:
         self.poll_interval = poll_interval
         self.retry_policy = retry_policy
         self.id = dispatcher_id or new_dispatcher_id()
-        # Rows claimed but not yet sent wait in the pool's queue; bounding them keeps that wait
-        # short relative to the lease. A claim is made once a useful number of slots is free.
-        self.max_in_flight = threads + batch_size
-        self.claim_threshold = max(1, min(batch_size, threads) // 2)
+        # At most two sends per thread are started at once (one running, one queued), so a
+        # started send waits at most one send's time for a thread.
+        self.max_started = 2 * threads
         # After a NOTIFY, look once more when the intake's debounce window has passed: commits
         # inside the window skipped their own NOTIFY.
         self.recheck_delay = notify_debounce + 0.005
 
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self._in_flight = 0
+        self._ready: deque[store.Delivery] = deque()  # claimed, not started
+        self._in_flight = 0  # started, not finished
         self._in_flight_lock = threading.Lock()
         self._recheck_at: float | None = None
         self._outcomes: queue.Queue = queue.Queue()
@@ -137,35 +138,81 @@ class Dispatcher:
         if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # ignored under a supervisor
             signal.signal(signal.SIGINT, handle)
 
-    # --- claiming -----------------------------------------------------------------------------
+    # --- claiming and starting ----------------------------------------------------------------
 
     def _claim_loop(self, pool: ThreadPoolExecutor) -> None:
+        """Keep the pool fed: claim rows into `ready`, START them as threads come free.
+
+        Claimed rows wait in `ready` unstarted, so a cancel still wins over them; a START
+        marks a group as being sent right before the pool takes it.
+        """
         backoff = Backoff()
         channel_names = sorted(self.channels)
+        may_claim = True
         while not self._stop.is_set():
-            free = self.max_in_flight - self._in_flight
-            if free < self.claim_threshold:
-                self._wait(self.poll_interval)
-                continue
             self._wake.clear()
-            limit = min(self.batch_size, free)
+            worked = False
             try:
-                deliveries = store.claim(
-                    dispatcher=self.id, limit=limit, lease_seconds=self.lease_seconds, channels=channel_names
-                )
+                if self._ready and self._in_flight < self.max_started:
+                    worked |= self._start_ready(pool)
+                if may_claim and len(self._ready) <= self.batch_size // 2:
+                    limit = self.batch_size - len(self._ready)
+                    claimed = store.claim(dispatcher=self.id, limit=limit,
+                                          lease_seconds=self.lease_seconds, channels=channel_names)
+                    self._ready.extend(claimed)
+                    may_claim = len(claimed) == limit  # a full batch: more may be due
+                    worked |= bool(claimed)
             except (DatabaseError, InterfaceError) as exc:
                 wait = backoff.next()
-                logger.warning("dispatcher %s: claim failed (%s); retrying in %.1fs", self.id, exc, wait)
+                logger.warning("dispatcher %s: database error (%s); retrying in %.1fs", self.id, exc, wait)
                 connection.close()  # a fresh connection next time (the server may have restarted)
                 self._stop.wait(wait)
                 continue
             backoff.reset()
-            for delivery in deliveries:
-                with self._in_flight_lock:
-                    self._in_flight += 1
-                pool.submit(self._send, delivery)
-            if len(deliveries) < limit:
-                self._wait(self._idle_timeout())
+            if not worked:
+                self._wake.wait(self._idle_timeout())
+                may_claim = True  # woken by new work, by free threads, or the poll interval
+        self._release_ready()
+
+    def _start_ready(self, pool: ThreadPoolExecutor) -> bool:
+        """START as many ready rows as the pool can take soon, and hand them to it."""
+        room = self.max_started - self._in_flight
+        group = [self._ready.popleft() for _ in range(min(room, len(self._ready)))]
+        group = [d for d in group if self._lease_allows_send(d)]
+        if not group:
+            return False
+        try:
+            startable = store.start(group, dispatcher=self.id)
+        except BaseException:
+            self._ready.extendleft(reversed(group))  # not started: try again
+            raise
+        for delivery in group:
+            if delivery.outbox_id not in startable:
+                logger.info("notification=%s not sent: cancelled, expired or lease lost before the send",
+                            delivery.notification_id)
+                continue
+            with self._in_flight_lock:
+                self._in_flight += 1
+            pool.submit(self._send, delivery)
+        return True
+
+    def _lease_allows_send(self, delivery: store.Delivery) -> bool:
+        # Start a send only if it can finish inside the lease: otherwise another dispatcher
+        # could claim the row while this one is still sending it.
+        if time.monotonic() + self.channels[delivery.channel].send_timeout <= delivery.lease_expires:
+            return True
+        logger.warning("notification=%s: lease too close to expiry to send; left for the next claim",
+                       delivery.notification_id)
+        return False
+
+    def _release_ready(self) -> None:
+        if not self._ready:
+            return
+        try:
+            store.release(list(self._ready))
+        except (DatabaseError, InterfaceError) as exc:  # their leases will expire instead
+            logger.warning("dispatcher %s: could not release %d unstarted rows (%s)", self.id, len(self._ready), exc)
+        self._ready.clear()
 
     def _idle_timeout(self) -> float:
         now = time.monotonic()
@@ -176,9 +223,6 @@ class Dispatcher:
             return self.poll_interval
         return min(self.poll_interval, self._recheck_at - now)
 
-    def _wait(self, timeout: float) -> None:
-        self._wake.wait(timeout)
-
     def _notified(self) -> None:
         self._recheck_at = time.monotonic() + self.recheck_delay
         self._wake.set()
@@ -187,26 +231,18 @@ class Dispatcher:
 
     def _send(self, delivery: store.Delivery) -> None:
         try:
-            outcome = self._attempt(delivery)
-            if outcome is not None:
-                self._outcomes.put(outcome)
+            self._outcomes.put(self._attempt(delivery))
         finally:
             with self._in_flight_lock:
                 self._in_flight -= 1
-                slots_opened = self.max_in_flight - self._in_flight == self.claim_threshold
-            if slots_opened:
+                # Wake the claim loop when half the started capacity is free: STARTs then
+                # come in groups of at least `threads` rows, not one per finished send.
+                half_free = self._in_flight == self.threads
+            if half_free:
                 self._wake.set()
 
-    def _attempt(self, delivery: store.Delivery) -> store.Outcome | None:
+    def _attempt(self, delivery: store.Delivery) -> store.Outcome:
         channel = self.channels[delivery.channel]
-        # Start a send only if it can finish inside the lease: otherwise another dispatcher
-        # could claim the row while we are still sending it.
-        if time.monotonic() + channel.send_timeout > delivery.lease_expires:
-            logger.warning(
-                "notification=%s: lease too close to expiry to send; left for the next claim",
-                delivery.notification_id,
-            )
-            return None
         started = time.monotonic()
         try:
             provider_id = channel.send(delivery.message)

@@ -12,14 +12,19 @@ class OutboxEntry(models.Model):
     """Pending delivery of one notification.
 
     `run_at` is when the row is next claimable: now for new work, the backoff time for a retry,
-    and the lease's end while a dispatcher holds it. One ordered index on `run_at` therefore
-    serves new work, due retries and expired leases alike (see outbox/sql.py, CLAIM).
+    and the lease's end while a dispatcher holds it. One ordered index on (priority, run_at)
+    therefore serves new work, due retries and expired leases alike (see outbox/sql.py, CLAIM).
     """
 
     notification = models.OneToOneField("notifications.Notification", on_delete=models.CASCADE, related_name="+")
     channel = models.CharField(max_length=100)
     run_at = models.DateTimeField(db_default=models.functions.Now())
+    priority = models.SmallIntegerField(default=1)
+    # Sends started (the dispatcher's START), not claims: a claim that never started a send
+    # (the dispatcher died first, or the notification was cancelled) costs no attempt.
     attempts = models.PositiveIntegerField(default=0)
+    # Whether the current lease holder has started the send. Until then a cancel wins.
+    sending = models.BooleanField(default=False)
     locked_by = models.CharField(max_length=255, null=True, blank=True)
     # Fencing token of the current lease: an outcome is recorded only with the token of the
     # claim that produced it, so a dispatcher whose lease expired cannot overwrite a newer one.
@@ -28,7 +33,7 @@ class OutboxEntry(models.Model):
     class Meta:
         db_table = "outbox"
         verbose_name_plural = "outbox"
-        indexes = [models.Index(fields=["run_at", "id"], name="outbox_claim_idx")]
+        indexes = [models.Index(fields=["priority", "run_at", "id"], name="outbox_claim_idx")]
 
     def __str__(self) -> str:
         return f"outbox {self.id} for {self.notification_id}"

@@ -1,93 +1,182 @@
-"""Every statement on the delivery path, in one place. outbox/store.py runs them.
+"""Every statement that moves a notification through delivery, in one place.
 
-Tables: notification and notification_event (notifications.models), outbox (outbox.models).
-Each statement is a single round trip; data-modifying CTEs make each one atomic by itself.
-Rows are passed as parallel arrays and expanded with unnest(), so a batch of any size costs
-one statement, not one per row.
+outbox/store.py runs them. Tables: notification, notification_event and idempotency_key
+(notifications.models), outbox (outbox.models).
 
-Time is the database's statement_timestamp(), never a dispatcher host's clock. (It equals now()
-for these single-statement transactions, and it is what Django's Now() and our column
-defaults use, so it stays consistent inside a longer transaction too.)
+Each statement is one round trip; its data-modifying CTEs make it atomic by itself. Rows go
+in as parallel arrays expanded with unnest(), so a batch of any size costs one statement.
 
-Lock order is always outbox row, then notification row, in the claim and in the completions,
-so they cannot deadlock each other.
+Time is the database's statement_timestamp(), never a host's clock. (It equals now() in
+these single-statement transactions, and it is what Django's Now() and the column defaults
+use, so it stays consistent inside a longer transaction too.)
+
+Lock order is always outbox row, then notification row, so no two of these statements can
+deadlock each other.
+
+A row's life: ENQUEUE (due at once, or at send_at) -> CLAIM (leased to one dispatcher) ->
+START (the send begins; a CANCEL before this wins) -> FINISH (sent/failed: row deleted) or
+RETRY (released until its backoff ends).
 """
 
-# Intake: the notifications, their first history event ('queued') and their outbox rows,
-# written together; nothing is sent here. The outbox row is due at once.
+# Intake: the notifications, their first history event ('queued', or 'scheduled' when
+# send_at is in the future) and their outbox rows, written together; nothing is sent here.
 # `wake` sends at most one NOTIFY for the whole statement, and only when the caller's
-# debounce allows it (see store.enqueue); the notification reaches listeners at commit.
+# debounce allows it (store.enqueue); listeners receive it at commit.
 ENQUEUE = """
 WITH input AS (
     SELECT *
     FROM unnest(%(ids)s::uuid[], %(channels)s::text[], %(recipients)s::text[],
-                %(subjects)s::text[], %(messages)s::text[], %(metadata)s::jsonb[])
-         AS t(id, channel, recipient, subject, message, metadata)
+                %(subjects)s::text[], %(messages)s::text[], %(metadata)s::jsonb[],
+                %(priorities)s::smallint[], %(send_ats)s::timestamptz[],
+                %(expires_ats)s::timestamptz[])
+         AS t(id, channel, recipient, subject, message, metadata, priority, send_at, expires_at)
 ), new_notification AS (
-    INSERT INTO notification (id, channel, recipient, subject, message, metadata,
-                              status, attempts, last_error, provider_message_id)
-    SELECT id, channel, recipient, subject, message, metadata, 'queued', 0, '', ''
+    INSERT INTO notification (id, client_id, channel, recipient, subject, message, metadata,
+                              status, attempts, last_error, provider_message_id,
+                              priority, send_at, expires_at)
+    SELECT id, %(client_id)s, channel, recipient, subject, message, metadata,
+           CASE WHEN send_at > statement_timestamp() THEN 'scheduled' ELSE 'queued' END,
+           0, '', '', priority, send_at, expires_at
     FROM input
-    RETURNING id, channel, created_at
-), queued_event AS (
+    RETURNING id, channel, status, priority, send_at, created_at
+), first_event AS (
     INSERT INTO notification_event (notification_id, status, attempt, error,
-                                    provider_message_id, dispatcher, created_at)
-    SELECT id, 'queued', 0, '', '', '', created_at FROM new_notification
+                                    provider_message_id, dispatcher, note, created_at)
+    SELECT id, status, 0, '', '', '', '', created_at FROM new_notification
 ), new_outbox AS (
-    INSERT INTO outbox (notification_id, channel, run_at, attempts)
-    SELECT id, channel, created_at, 0 FROM new_notification
+    INSERT INTO outbox (notification_id, channel, priority, run_at, attempts, sending)
+    SELECT id, channel, priority, greatest(send_at, created_at), 0, false
+    FROM new_notification
 )
-SELECT id, created_at,
+SELECT id, status, created_at,
        (SELECT pg_notify('outbox', '') WHERE %(notify)s) AS wake
 FROM new_notification
 """
 
-# Claim: lease up to %(limit)s due rows to one dispatcher, and mark their notifications
-# 'sending', in one short transaction.
-# - Index: outbox_claim_idx (run_at, id) serves `run_at <= statement_timestamp() ORDER BY run_at, id LIMIT n`
-#   as an ordered range scan that stops after n rows. run_at is the lease's end while a row is
-#   leased, so expired leases (crashed dispatchers) are simply due again.
+# Idempotency: take the client's Idempotency-Key for this request, in the transaction that
+# enqueues its notifications. The unique index idempotency_key_unique decides between racing
+# requests: the second one's INSERT waits for the first to commit, then conflicts and returns
+# nothing, and the caller reads the first request's row (SELECT_IDEMPOTENCY_KEY). A key past
+# its expires_at is free again.
+TAKE_IDEMPOTENCY_KEY = """
+INSERT INTO idempotency_key AS k (client_id, key, request_hash, notification_ids,
+                                  created_at, expires_at)
+VALUES (%(client_id)s, %(key)s, %(request_hash)s, %(notification_ids)s::uuid[],
+        statement_timestamp(), statement_timestamp() + make_interval(secs => %(ttl_seconds)s))
+ON CONFLICT (client_id, key) DO UPDATE
+    SET request_hash = EXCLUDED.request_hash, notification_ids = EXCLUDED.notification_ids,
+        created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at
+    WHERE k.expires_at <= statement_timestamp()
+RETURNING id
+"""
+
+SELECT_IDEMPOTENCY_KEY = """
+SELECT request_hash, notification_ids FROM idempotency_key
+WHERE client_id = %(client_id)s AND key = %(key)s
+"""
+
+# Claim: lease up to %(limit)s due rows to one dispatcher, highest priority first.
+# - Index outbox_claim_idx (priority, run_at, id): for each priority in turn, an ordered
+#   range scan of `run_at <= now` that stops as soon as %(limit)s rows are found (the LATERAL
+#   join visits priorities in order and the outer LIMIT stops it). run_at is the lease's end
+#   while a row is leased, so expired leases of crashed dispatchers are simply due again.
 # - FOR UPDATE SKIP LOCKED: concurrent claimers skip each other's rows instead of waiting;
 #   each row goes to exactly one of them.
-# - lease_token fences the outcome (see FINISH and RETRY): only this claim may record it.
-# A row whose previous lease expired without an outcome (the holder crashed or stalled) gets
-# a history event saying so, so the history shows why the notification is tried again.
+# - lease_token fences everything the holder does next (START, FINISH, RETRY).
+# A row whose previous holder had started its send and then lost the lease (it crashed or
+# stalled) goes back to 'retrying' with an event saying so: the outcome of that attempt is
+# unknown, and at-least-once means sending again.
 CLAIM = """
 WITH due AS (
-    SELECT id, locked_by AS expired_holder
-    FROM outbox
-    WHERE run_at <= statement_timestamp()
-      AND (%(channels)s::text[] IS NULL OR channel = ANY(%(channels)s::text[]))
-    ORDER BY run_at, id
+    SELECT o.id, o.locked_by AS expired_holder, o.sending AS was_sending
+    FROM (VALUES (0), (1), (2)) AS p(priority)
+    CROSS JOIN LATERAL (
+        SELECT id, locked_by, sending
+        FROM outbox
+        WHERE priority = p.priority
+          AND run_at <= statement_timestamp()
+          AND channel = ANY(%(channels)s::text[])
+        ORDER BY run_at, id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS o
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
 ), leased AS (
     UPDATE outbox o
-    SET attempts = o.attempts + 1,
-        locked_by = %(dispatcher)s,
+    SET locked_by = %(dispatcher)s,
         lease_token = %(lease_token)s,
+        sending = false,
         run_at = statement_timestamp() + make_interval(secs => %(lease_seconds)s)
     FROM due
     WHERE o.id = due.id
-    RETURNING o.id, o.notification_id, o.attempts, due.expired_holder
-), sending AS (
+    RETURNING o.id, o.notification_id, o.attempts, due.expired_holder, due.was_sending
+), lost AS (
     UPDATE notification n
-    SET status = 'sending', attempts = leased.attempts, updated_at = statement_timestamp()
+    SET status = 'retrying', updated_at = statement_timestamp(),
+        last_error = 'lease expired during the send; outcome unknown'
     FROM leased
-    WHERE n.id = leased.notification_id
-    RETURNING leased.id AS outbox_id, n.id, n.channel, n.recipient, n.subject, n.message,
-              n.metadata, leased.attempts, leased.expired_holder
-), lease_expired_event AS (
+    WHERE n.id = leased.notification_id AND leased.was_sending
+    RETURNING n.id, leased.attempts, leased.expired_holder
+), lost_event AS (
     INSERT INTO notification_event (notification_id, status, attempt, error,
-                                    provider_message_id, dispatcher, created_at)
-    SELECT id, 'retrying', attempts - 1,
-           'lease expired before dispatcher ' || expired_holder || ' recorded an outcome',
-           '', expired_holder, statement_timestamp()
-    FROM sending
-    WHERE expired_holder IS NOT NULL
+                                    provider_message_id, dispatcher, note, created_at)
+    SELECT id, 'retrying', attempts, 'lease expired during the send; outcome unknown', '',
+           expired_holder, 'dispatcher ' || expired_holder || ' did not record an outcome in time',
+           statement_timestamp()
+    FROM lost
 )
-SELECT outbox_id, id, channel, recipient, subject, message, metadata, attempts
-FROM sending
+SELECT leased.id AS outbox_id, n.id, n.channel, n.recipient, n.subject, n.message, n.metadata,
+       leased.attempts + 1 AS attempt, n.expires_at
+FROM leased JOIN notification n ON n.id = leased.notification_id
+"""
+
+# Start: the holder is about to send these rows. Each is marked sending (from now on a
+# cancel answers 409) and its attempt is counted; the notification shows 'sending'. A row
+# that is gone (cancelled) or re-leased (lost lease) is not returned, and is not sent. A row
+# past its notification's expires_at is expired instead of sent.
+# Concurrency with CANCEL: both take the outbox row's lock; whichever commits first wins,
+# and the other re-checks the row (gone, or sending) after waiting.
+START = """
+WITH input AS (
+    SELECT * FROM unnest(%(outbox_ids)s::bigint[], %(lease_tokens)s::uuid[])
+                  AS t(outbox_id, lease_token)
+), held AS (
+    SELECT o.id, o.notification_id, input.lease_token,
+           n.expires_at IS NOT NULL AND n.expires_at <= statement_timestamp() AS expired
+    FROM input
+    JOIN outbox o ON o.id = input.outbox_id AND o.lease_token = input.lease_token
+    JOIN notification n ON n.id = o.notification_id
+), started AS (
+    -- The lease_token test is re-checked on the current row version after waiting for a
+    -- concurrent CANCEL or CLAIM, so a row deleted or re-leased meanwhile is skipped.
+    UPDATE outbox o
+    SET sending = true, attempts = o.attempts + 1
+    FROM held
+    WHERE o.id = held.id AND o.lease_token = held.lease_token AND NOT held.expired
+    RETURNING o.id, o.notification_id, o.attempts
+), expired AS (
+    DELETE FROM outbox o
+    USING held
+    WHERE o.id = held.id AND o.lease_token = held.lease_token AND held.expired
+    RETURNING o.notification_id
+), mark_sending AS (
+    UPDATE notification n
+    SET status = 'sending', attempts = started.attempts, updated_at = statement_timestamp()
+    FROM started
+    WHERE n.id = started.notification_id
+), mark_expired AS (
+    UPDATE notification n
+    SET status = 'expired', updated_at = statement_timestamp()
+    FROM expired
+    WHERE n.id = expired.notification_id
+), expired_event AS (
+    INSERT INTO notification_event (notification_id, status, attempt, error,
+                                    provider_message_id, dispatcher, note, created_at)
+    SELECT notification_id, 'expired', 0, '', '', %(dispatcher)s,
+           'expires_at passed before it could be sent', statement_timestamp()
+    FROM expired
+)
+SELECT id FROM started
 """
 
 # Final outcomes ('sent' or 'failed'), one row each: the outbox row goes, the notification
@@ -116,8 +205,9 @@ WITH outcome AS (
     WHERE n.id = f.notification_id
 )
 INSERT INTO notification_event (notification_id, status, attempt, error,
-                                provider_message_id, dispatcher, created_at)
-SELECT notification_id, status, attempts, error, provider_message_id, %(dispatcher)s, statement_timestamp()
+                                provider_message_id, dispatcher, note, created_at)
+SELECT notification_id, status, attempts, error, provider_message_id, %(dispatcher)s, '',
+       statement_timestamp()
 FROM finished
 """
 
@@ -133,7 +223,7 @@ WITH outcome AS (
 ), released AS (
     UPDATE outbox o
     SET run_at = statement_timestamp() + make_interval(secs => outcome.delay_seconds),
-        locked_by = NULL, lease_token = NULL
+        locked_by = NULL, lease_token = NULL, sending = false
     FROM outcome
     WHERE o.id = outcome.outbox_id AND o.lease_token = outcome.lease_token
     RETURNING o.notification_id, o.attempts, o.run_at, outcome.error
@@ -143,8 +233,77 @@ WITH outcome AS (
     FROM released r
     WHERE n.id = r.notification_id
 )
-INSERT INTO notification_event (notification_id, status, attempt, error,
-                                provider_message_id, dispatcher, next_attempt_at, created_at)
-SELECT notification_id, 'retrying', attempts, error, '', %(dispatcher)s, run_at, statement_timestamp()
+INSERT INTO notification_event (notification_id, status, attempt, error, provider_message_id,
+                                dispatcher, next_attempt_at, note, created_at)
+SELECT notification_id, 'retrying', attempts, error, '', %(dispatcher)s, run_at, '',
+       statement_timestamp()
 FROM released
+"""
+
+# Release: a stopping dispatcher gives back rows it claimed but did not start, so that others
+# take them at once rather than after the lease.
+RELEASE = """
+UPDATE outbox o
+SET run_at = statement_timestamp(), locked_by = NULL, lease_token = NULL
+FROM unnest(%(outbox_ids)s::bigint[], %(lease_tokens)s::uuid[]) AS t(outbox_id, lease_token)
+WHERE o.id = t.outbox_id AND o.lease_token = t.lease_token AND NOT o.sending
+"""
+
+# Cancel one notification of a client, if its send has not started: its outbox row goes
+# (even while a dispatcher holds the lease: START then finds nothing and does not send).
+# Answers the notification's status before, and whether it was cancelled.
+CANCEL = """
+WITH target AS (
+    SELECT id, status FROM notification
+    WHERE id = %(notification_id)s AND client_id = %(client_id)s
+), removed AS (
+    DELETE FROM outbox o
+    USING target
+    WHERE o.notification_id = target.id AND NOT o.sending
+      AND target.status IN ('scheduled', 'queued', 'retrying')
+    RETURNING o.notification_id, o.locked_by
+), cancelled AS (
+    UPDATE notification n
+    SET status = 'cancelled', updated_at = statement_timestamp()
+    FROM removed
+    WHERE n.id = removed.notification_id
+), cancelled_event AS (
+    INSERT INTO notification_event (notification_id, status, attempt, error,
+                                    provider_message_id, dispatcher, note, created_at)
+    SELECT notification_id, 'cancelled', 0, '', '', coalesce(locked_by, ''),
+           CASE WHEN locked_by IS NULL THEN %(note)s
+                ELSE %(note)s || '; dispatcher ' || locked_by || ' held it but had not started the send'
+           END,
+           statement_timestamp()
+    FROM removed
+)
+SELECT (SELECT status FROM target) AS status_before,
+       EXISTS (SELECT 1 FROM removed) AS cancelled
+"""
+
+# Resend a 'sent' or 'failed' notification of a client: it is queued again with a new outbox
+# row; the history keeps every earlier attempt. The row lock on the notification makes two
+# concurrent resends queue it once.
+RESEND = """
+WITH target AS (
+    SELECT id, status FROM notification
+    WHERE id = %(notification_id)s AND client_id = %(client_id)s
+    FOR UPDATE
+), requeued AS (
+    UPDATE notification n
+    SET status = 'queued', updated_at = statement_timestamp(), last_error = '', attempts = 0
+    FROM target
+    WHERE n.id = target.id AND target.status IN ('sent', 'failed')
+    RETURNING n.id, n.channel, n.priority
+), new_outbox AS (
+    INSERT INTO outbox (notification_id, channel, priority, run_at, attempts, sending)
+    SELECT id, channel, priority, statement_timestamp(), 0, false FROM requeued
+), queued_event AS (
+    INSERT INTO notification_event (notification_id, status, attempt, error,
+                                    provider_message_id, dispatcher, note, created_at)
+    SELECT id, 'queued', 0, '', '', '', %(note)s, statement_timestamp() FROM requeued
+)
+SELECT (SELECT status FROM target) AS status_before,
+       EXISTS (SELECT 1 FROM requeued) AS resent,
+       (SELECT pg_notify('outbox', '') FROM requeued) AS wake
 """

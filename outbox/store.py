@@ -1,11 +1,11 @@
-"""The outbox's operations: enqueue (intake), claim and record outcomes (dispatchers).
-
-Each runs one statement from outbox/sql.py on Django's connection for the calling thread.
-"""
+"""The outbox's operations, each one statement of outbox/sql.py on the calling thread's
+Django connection: enqueue (intake), claim, start and record outcomes (dispatchers), cancel
+and resend (API and admin)."""
 
 from __future__ import annotations
 
 import threading
+from contextlib import nullcontext
 import time
 import uuid
 from dataclasses import dataclass
@@ -31,6 +31,18 @@ class NewNotification:
     message: str
     subject: str = ""
     metadata: dict | None = None
+    priority: int = 1
+    send_at: datetime | None = None
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    """What the database assigned to an enqueued notification."""
+
+    id: uuid.UUID
+    status: str
+    created_at: datetime
 
 
 class _NotifyDebounce:
@@ -59,25 +71,47 @@ class _NotifyDebounce:
 _notify_debounce = _NotifyDebounce()
 
 
-def enqueue(notifications: Sequence[NewNotification]) -> list[datetime]:
-    """Insert notifications, their 'queued' events and outbox rows in one statement.
+def enqueue(notifications: Sequence[NewNotification], *, client_id: int) -> list[Enqueued]:
+    """Insert notifications, their first events and outbox rows in one statement.
 
-    Returns each notification's created_at, in input order. Atomic on its own; inside an
-    outer transaction.atomic() it commits with it.
+    Returns what was written, in input order. Atomic on its own; inside an outer
+    transaction.atomic() it commits with it.
     """
     params = {
+        "client_id": client_id,
         "ids": [n.id for n in notifications],
         "channels": [n.channel for n in notifications],
         "recipients": [n.recipient for n in notifications],
         "subjects": [n.subject for n in notifications],
         "messages": [n.message for n in notifications],
         "metadata": [Jsonb(n.metadata or {}) for n in notifications],
+        "priorities": [n.priority for n in notifications],
+        "send_ats": [n.send_at for n in notifications],
+        "expires_ats": [n.expires_at for n in notifications],
         "notify": _notify_debounce.allow(),
     }
     with connection.cursor() as cursor:
         cursor.execute(sql.ENQUEUE, params)
-        created = {row[0]: row[1] for row in cursor.fetchall()}
-    return [created[n.id] for n in notifications]
+        written = {row[0]: Enqueued(row[0], row[1], row[2]) for row in cursor.fetchall()}
+    return [written[n.id] for n in notifications]
+
+
+def take_idempotency_key(*, client_id: int, key: str, request_hash: str,
+                         notification_ids: list[uuid.UUID], ttl_seconds: float) -> tuple[str, list[uuid.UUID]] | None:
+    """Take `key` for this request (call inside the transaction that enqueues).
+
+    Returns None if the key is now this request's, or (request_hash, notification_ids) of the
+    earlier request that holds it.
+    """
+    params = {"client_id": client_id, "key": key, "request_hash": request_hash,
+              "notification_ids": notification_ids, "ttl_seconds": ttl_seconds}
+    with connection.cursor() as cursor:
+        cursor.execute(sql.TAKE_IDEMPOTENCY_KEY, params)
+        if cursor.fetchone() is not None:
+            return None
+        cursor.execute(sql.SELECT_IDEMPOTENCY_KEY, params)
+        request_hash_before, ids = cursor.fetchone()
+    return request_hash_before, list(ids)
 
 
 @dataclass(frozen=True)
@@ -96,20 +130,15 @@ class Delivery:
         return self.message.notification_id
 
 
-def claim(*, dispatcher: str, limit: int, lease_seconds: float, channels: Iterable[str] | None = None) -> list[Delivery]:
-    """Lease up to `limit` due rows to `dispatcher` (one short transaction) and return them."""
+def claim(*, dispatcher: str, limit: int, lease_seconds: float, channels: Iterable[str]) -> list[Delivery]:
+    """Lease up to `limit` due rows of `channels` to `dispatcher` and return them."""
     token = uuid.uuid4()
     started = time.monotonic()
     with connection.cursor() as cursor:
         cursor.execute(
             sql.CLAIM,
-            {
-                "channels": list(channels) if channels else None,
-                "limit": limit,
-                "dispatcher": dispatcher,
-                "lease_token": token,
-                "lease_seconds": lease_seconds,
-            },
+            {"channels": list(channels), "limit": limit, "dispatcher": dispatcher,
+             "lease_token": token, "lease_seconds": lease_seconds},
         )
         rows = cursor.fetchall()
     # The lease is measured from before the statement ran, so the local deadline errs early.
@@ -119,19 +148,25 @@ def claim(*, dispatcher: str, limit: int, lease_seconds: float, channels: Iterab
             outbox_id=outbox_id,
             lease_token=token,
             channel=channel,
-            message=Message(
-                recipient=recipient,
-                body=body,
-                subject=subject,
-                metadata=metadata or {},
-                notification_id=str(notification_id),
-                attempt=attempts,
-            ),
-            attempt=attempts,
+            message=Message(recipient=recipient, body=body, subject=subject, metadata=metadata or {},
+                            notification_id=str(notification_id), attempt=attempt),
+            attempt=attempt,
             lease_expires=lease_expires,
         )
-        for outbox_id, notification_id, channel, recipient, subject, body, metadata, attempts in rows
+        for outbox_id, notification_id, channel, recipient, subject, body, metadata, attempt, _ in rows
     ]
+
+
+def start(deliveries: Sequence[Delivery], *, dispatcher: str) -> set[int]:
+    """Mark deliveries as being sent; returns the outbox ids that may be sent now (the others
+    were cancelled, lost their lease, or expired)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            sql.START,
+            {"outbox_ids": [d.outbox_id for d in deliveries],
+             "lease_tokens": [d.lease_token for d in deliveries], "dispatcher": dispatcher},
+        )
+        return {row[0] for row in cursor.fetchall()}
 
 
 @dataclass(frozen=True)
@@ -146,37 +181,57 @@ class Outcome:
 
 
 def record_outcomes(outcomes: Sequence[Outcome], *, dispatcher: str) -> int:
-    """Record a batch of outcomes: at most two statements, in one transaction.
+    """Record a batch of outcomes: one statement per kind present, in one transaction.
 
     Returns how many were recorded; the rest had lost their lease (fenced out).
     """
     final = [o for o in outcomes if o.status != "retrying"]
     retrying = [o for o in outcomes if o.status == "retrying"]
+    statements = []
+    if final:
+        statements.append((sql.FINISH, {
+            "outbox_ids": [o.delivery.outbox_id for o in final],
+            "lease_tokens": [o.delivery.lease_token for o in final],
+            "statuses": [o.status for o in final],
+            "errors": [o.error for o in final],
+            "provider_message_ids": [o.provider_message_id for o in final],
+            "dispatcher": dispatcher,
+        }))
+    if retrying:
+        statements.append((sql.RETRY, {
+            "outbox_ids": [o.delivery.outbox_id for o in retrying],
+            "lease_tokens": [o.delivery.lease_token for o in retrying],
+            "errors": [o.error for o in retrying],
+            "delays": [o.retry_delay for o in retrying],
+            "dispatcher": dispatcher,
+        }))
     recorded = 0
-    with transaction.atomic(), connection.cursor() as cursor:
-        if final:
-            cursor.execute(
-                sql.FINISH,
-                {
-                    "outbox_ids": [o.delivery.outbox_id for o in final],
-                    "lease_tokens": [o.delivery.lease_token for o in final],
-                    "statuses": [o.status for o in final],
-                    "errors": [o.error for o in final],
-                    "provider_message_ids": [o.provider_message_id for o in final],
-                    "dispatcher": dispatcher,
-                },
-            )
-            recorded += cursor.rowcount
-        if retrying:
-            cursor.execute(
-                sql.RETRY,
-                {
-                    "outbox_ids": [o.delivery.outbox_id for o in retrying],
-                    "lease_tokens": [o.delivery.lease_token for o in retrying],
-                    "errors": [o.error for o in retrying],
-                    "delays": [o.retry_delay for o in retrying],
-                    "dispatcher": dispatcher,
-                },
-            )
+    # A single statement is atomic by itself; two need a transaction.
+    with transaction.atomic() if len(statements) > 1 else nullcontext(), connection.cursor() as cursor:
+        for statement, params in statements:
+            cursor.execute(statement, params)
             recorded += cursor.rowcount
     return recorded
+
+
+def release(deliveries: Sequence[Delivery]) -> None:
+    """Give back leased rows whose send has not started (a dispatcher stopping)."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql.RELEASE, {"outbox_ids": [d.outbox_id for d in deliveries],
+                                     "lease_tokens": [d.lease_token for d in deliveries]})
+
+
+def cancel(*, notification_id: uuid.UUID, client_id: int, note: str) -> tuple[str | None, bool]:
+    """Cancel a notification unless its send has started: (status before or None, cancelled)."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql.CANCEL, {"notification_id": notification_id, "client_id": client_id, "note": note})
+        status_before, cancelled = cursor.fetchone()
+    return status_before, cancelled
+
+
+def resend(*, notification_id: uuid.UUID, client_id: int, note: str) -> tuple[str | None, bool]:
+    """Queue a sent or failed notification again: (status before or None, resent)."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql.RESEND, {"notification_id": notification_id, "client_id": client_id, "note": note})
+        status_before, resent, _ = cursor.fetchone()
+    return status_before, resent

@@ -18,6 +18,12 @@ from urllib.parse import quote
 
 import pytest
 from django.db import connection
+from rest_framework.test import APIClient
+
+from notifications.auth import api_key_create
+from notifications.ids import new_notification_id
+from notifications.models import ApiClient
+from outbox import store
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,6 +35,32 @@ def database_url() -> str:
     password = f":{quote(db['PASSWORD'])}" if db.get("PASSWORD") else ""
     port = f":{db['PORT']}" if db.get("PORT") else ""
     return f"postgresql://{quote(db['USER'])}{password}@{host}{port}/{db['NAME']}"
+
+
+def tenant(name: str = "tests") -> ApiClient:
+    """The API client that test notifications belong to (created on first use)."""
+    return ApiClient.objects.get_or_create(name=name)[0]
+
+
+def make_api_client(client_name: str = "tests", **kwargs) -> APIClient:
+    """DRF's test client, authenticated with a new API key of `client_name`."""
+    api = APIClient(**kwargs)
+    _, key = api_key_create(client=tenant(client_name))
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+    return api
+
+
+def enqueue(count: int, channel: str = "fake", **fields) -> list[str]:
+    """Enqueue `count` notifications straight into the outbox (no API); returns their ids."""
+    items = [
+        store.NewNotification(id=new_notification_id(), channel=channel, recipient=f"user{i}@example.com",
+                              message=f"message {i}", **fields)
+        for i in range(count)
+    ]
+    client_id = tenant().pk
+    for start in range(0, count, 1000):
+        store.enqueue(items[start:start + 1000], client_id=client_id)
+    return [str(item.id) for item in items]
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.1, message: str = ""):
@@ -89,6 +121,12 @@ def _ppid(proc: Path) -> int:
         return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
     except (OSError, IndexError, ValueError):
         return -1
+
+
+@pytest.fixture
+def api_client(db) -> APIClient:
+    """An authenticated API client (of the client "tests")."""
+    return make_api_client()
 
 
 @pytest.fixture

@@ -1,14 +1,12 @@
 """The admin pages render the history and the pending work (Django's test client, real DB)."""
 
-from notifications.ids import new_notification_id
-from outbox import store
+from .conftest import enqueue
 
 
 def test_notification_page_shows_its_history_and_outbox_shows_pending(admin_client):
-    nid = new_notification_id()
-    store.enqueue([store.NewNotification(id=nid, channel="email-log", recipient="a@example.com", message="hi")])
+    (nid,) = enqueue(1, channel="email-log")
     listing = admin_client.get("/admin/notifications/notification/")
-    assert listing.status_code == 200 and "a@example.com" in listing.content.decode()
+    assert listing.status_code == 200 and "user0@example.com" in listing.content.decode()
     page = admin_client.get(f"/admin/notifications/notification/{nid}/change/")
     assert page.status_code == 200
     assert "queued" in page.content.decode()

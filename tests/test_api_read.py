@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from rest_framework.test import APIClient
+from .conftest import make_api_client, tenant
 
 from notifications import services
 from notifications.models import Notification, NotificationEvent
@@ -16,12 +16,15 @@ T0 = datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc)
 
 
 @pytest.fixture
-def client():
-    return APIClient()
+def client(db):
+    return make_api_client()
 
 
 def create(channel="fake", to="someone", message="hi", **fields) -> Notification:
-    return services.notification_create(channel=channel, to=to, message=message, **fields)
+    (notification,), _ = services.notifications_create(
+        client=tenant(), items=[{"channel": channel, "to": to, "message": message, **fields}]
+    )
+    return notification
 
 
 def set_created_at(notification: Notification, when: datetime) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from django.conf import settings
 from django.test import override_settings
-from rest_framework.test import APIClient
+from .conftest import make_api_client
 
 from channels import registry
 from channels.apps import check_channels
@@ -263,7 +263,7 @@ def with_pager():
 
 
 def test_a_new_channel_is_one_class_plus_one_settings_entry(db, with_pager):
-    client = APIClient()
+    client = make_api_client()
     response = client.post("/api/v1/notifications", {"channel": "pager", "to": "Team-Ops", "message": "disk full"}, format="json")
     assert response.status_code == 202, response.content
     assert response.json()["channel"] == "pager"
@@ -279,14 +279,14 @@ def test_a_new_channel_is_one_class_plus_one_settings_entry(db, with_pager):
 
 
 def test_a_new_channel_validates_its_recipients(db, with_pager):
-    response = APIClient().post("/api/v1/notifications", {"channel": "pager", "to": "ops", "message": "x"}, format="json")
+    response = make_api_client().post("/api/v1/notifications", {"channel": "pager", "to": "ops", "message": "x"}, format="json")
     assert response.status_code == 400
     assert set(response.json()["error"]["fields"]) == {"to"}
     assert Notification.objects.count() == 0
 
 
 def test_without_the_settings_entry_the_channel_is_unknown(db):
-    response = APIClient().post("/api/v1/notifications", {"channel": "pager", "to": "team-ops", "message": "x"}, format="json")
+    response = make_api_client().post("/api/v1/notifications", {"channel": "pager", "to": "team-ops", "message": "x"}, format="json")
     assert response.status_code == 400
     assert "channel" in response.json()["error"]["fields"]
 

@@ -9,24 +9,12 @@ from collections import Counter
 import pytest
 from django.db.models import Count
 
-from notifications.ids import new_notification_id
 from notifications.models import Notification, NotificationEvent
-from outbox import store
 from outbox.models import OutboxEntry
 
-from .conftest import wait_until
+from .conftest import enqueue, make_api_client, wait_until
 
 FAST_RETRIES = {"OUTBOX_RETRY_BASE_SECONDS": "0.3", "OUTBOX_RETRY_CAP_SECONDS": "1", "OUTBOX_MAX_ATTEMPTS": "5"}
-
-
-def enqueue(count: int, channel: str = "fake") -> list[str]:
-    items = [
-        store.NewNotification(id=new_notification_id(), channel=channel, recipient=f"u{i}@example.com", message=f"m{i}")
-        for i in range(count)
-    ]
-    for start in range(0, count, 1000):
-        store.enqueue(items[start:start + 1000])
-    return [str(item.id) for item in items]
 
 
 def count(status: str) -> int:
@@ -58,11 +46,12 @@ def test_two_processes_drain_1000_notifications_each_sent_exactly_once(start_dis
     assert dispatchers.wait() == 0
 
 
-def test_new_work_wakes_an_idle_dispatcher_by_notify_not_by_polling(start_dispatchers, client):
+def test_new_work_wakes_an_idle_dispatcher_by_notify_not_by_polling(start_dispatchers):
+    client = make_api_client()
     dispatchers = start_dispatchers("--processes", "1", env={"OUTBOX_POLL_INTERVAL_SECONDS": "60"})
     wait_until(lambda: "started:" in dispatchers.log(), message="dispatcher start")
     time.sleep(1.5)  # its first look for work (at start) is over; now only a NOTIFY can wake it
-    response = client.post("/api/v1/notifications", {"channel": "fake", "to": "x", "message": "hi"}, content_type="application/json")
+    response = client.post("/api/v1/notifications", {"channel": "fake", "to": "x", "message": "hi"}, format="json")
     assert response.status_code == 202
     nid = response.json()["id"]
     # With a 60 s poll interval, being sent within seconds proves the LISTEN/NOTIFY wake-up.

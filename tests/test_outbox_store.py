@@ -8,23 +8,20 @@ import time
 import pytest
 from django.db import connection, connections
 
-from notifications.ids import new_notification_id
 from notifications.models import Notification, NotificationEvent
 from outbox import store
 from outbox.models import OutboxEntry
 
-
-def enqueue(count: int, channel: str = "fake") -> list[str]:
-    items = [
-        store.NewNotification(id=new_notification_id(), channel=channel, recipient=f"user{i}@example.com", message=f"m{i}")
-        for i in range(count)
-    ]
-    store.enqueue(items)
-    return [str(item.id) for item in items]
+from .conftest import enqueue
 
 
-def claim(limit: int = 100, lease: float = 60, dispatcher: str = "d1", channels=("fake", "email-log")):
-    return store.claim(dispatcher=dispatcher, limit=limit, lease_seconds=lease, channels=channels)
+def claim(limit: int = 100, lease: float = 60, dispatcher: str = "d1", channels=("fake", "email-log"), start=True):
+    """Claim, and START what was claimed (as a dispatcher does right before sending)."""
+    deliveries = store.claim(dispatcher=dispatcher, limit=limit, lease_seconds=lease, channels=channels)
+    if start and deliveries:
+        startable = store.start(deliveries, dispatcher=dispatcher)
+        assert startable == {d.outbox_id for d in deliveries}
+    return deliveries
 
 
 def test_enqueue_writes_notification_event_and_outbox_row_together(db):
