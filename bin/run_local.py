@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -37,6 +38,7 @@ def main() -> int:
         print(f"Embedded PostgreSQL: {server.conninfo()} (data in {server.data_dir})")
 
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], check=True)
+    api_key = _dev_api_key()
 
     # Own process groups: the terminal's Ctrl-C reaches only this script, which then stops
     # each child with SIGTERM, their graceful signal.
@@ -63,7 +65,7 @@ def main() -> int:
 
     base = f"http://{host if host != '0.0.0.0' else '127.0.0.1'}:{port}"
     if _wait_until_up(f"{base}/healthz", children):
-        _print_banner(base)
+        _print_banner(base, api_key)
     else:
         stopping = True
 
@@ -103,20 +105,40 @@ def _wait_until_up(url: str, children: dict, timeout: float = 60) -> bool:
     return False
 
 
-def _print_banner(base: str) -> None:
+def _dev_api_key() -> str:
+    """The API key of the client `dev`: NOTIFY_API_KEY if set, else one kept in .data/ so that
+    it stays the same from run to run. Stored (hashed) in the database if it is not yet."""
+    key = os.environ.get("NOTIFY_API_KEY")
+    saved = ROOT / ".data" / "dev-api-key"
+    if not key and saved.exists():
+        key = saved.read_text().strip()
+    if not key:
+        key = "ntf_" + secrets.token_urlsafe(24)
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(key + "\n")
+        saved.chmod(0o600)
+    subprocess.run([sys.executable, "manage.py", "create_api_key", "dev", "--key", key, "--quiet"],
+                   check=True, stdout=subprocess.DEVNULL)
+    return key
+
+
+def _print_banner(base: str, api_key: str) -> None:
     body = json.dumps({"channel": "email-log", "to": "alice@example.com", "subject": "Hello", "message": "It works."})
+    auth = f"-H 'Authorization: Bearer {api_key}'"
     print(
         f"""
 The notification service is running: API on {base}, dispatchers started.
+API key of the client "dev": {api_key}   (set NOTIFY_API_KEY to choose it)
 
 Send a notification:
-  curl -si -X POST {base}/api/v1/notifications -H 'Content-Type: application/json' -d '{body}'
+  curl -si -X POST {base}/api/v1/notifications {auth} -H 'Content-Type: application/json' -d '{body}'
 
-Then read it back, with its history (use the id or the Location header from the answer):
-  curl -s {base}/api/v1/notifications/<id>
+Then read it back, with its history (the Location header of the answer):
+  curl -s {auth} {base}/api/v1/notifications/<id>
 
-Channels: curl -s {base}/api/v1/channels     List: curl -s {base}/api/v1/notifications
-Admin: {base}/admin/ (create a user first: .venv/bin/python manage.py createsuperuser)
+Channels: curl -s {auth} {base}/api/v1/channels
+API documentation: {base}/api/docs/
+Admin: {base}/admin/ (create the first admin user with: .venv/bin/python manage.py createsuperuser)
 Press Ctrl-C to stop.
 """,
         flush=True,

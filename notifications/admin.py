@@ -1,13 +1,17 @@
-"""The admin: what was sent, to whom, and every attempt."""
+"""The admin: what was sent, to whom, every attempt; clients and their API keys."""
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.utils import timezone
+from rest_framework.exceptions import APIException
 
-from .models import Notification, NotificationEvent
+from . import services
+from .auth import api_key_create
+from .models import ApiClient, ApiKey, Notification, NotificationEvent
 
 
 class NotificationEventInline(admin.TabularInline):
     model = NotificationEvent
-    fields = ["created_at", "status", "attempt", "error", "provider_message_id", "dispatcher", "next_attempt_at"]
+    fields = ["created_at", "status", "attempt", "error", "provider_message_id", "dispatcher", "next_attempt_at", "note"]
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -26,6 +30,63 @@ class NotificationAdmin(admin.ModelAdmin):
     readonly_fields = [f.name for f in Notification._meta.fields]
     inlines = [NotificationEventInline]
     show_full_result_count = False  # no COUNT(*) over the whole history on every page
+    actions = ["resend_selected", "cancel_selected"]
 
     def has_add_permission(self, request) -> bool:
         return False  # notifications come in through the API
+
+    @admin.action(description="Resend selected notifications")
+    def resend_selected(self, request, queryset):
+        self._apply(request, queryset, services.notification_resend, "resent")
+
+    @admin.action(description="Cancel selected notifications")
+    def cancel_selected(self, request, queryset):
+        self._apply(request, queryset, services.notification_cancel, "cancelled")
+
+    def _apply(self, request, queryset, action, done: str) -> None:
+        """Run the API's own service on each selected notification; report what it refused."""
+        succeeded, refused = 0, []
+        for notification in queryset.only("id", "client_id"):
+            try:
+                action(notification_id=notification.id, client_id=notification.client_id, by=f"admin {request.user}")
+                succeeded += 1
+            except APIException as exc:
+                refused.append(str(exc.detail))
+        if succeeded:
+            self.message_user(request, f"{succeeded} notification(s) {done}.", messages.SUCCESS)
+        for reason in refused[:20]:
+            self.message_user(request, reason, messages.WARNING)
+
+
+class ApiKeyInline(admin.TabularInline):
+    model = ApiKey
+    fields = ["prefix", "created_at", "revoked_at"]
+    readonly_fields = ["prefix", "created_at"]
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False  # keys are made with the "Create a new API key" action, which shows them once
+
+
+@admin.register(ApiClient)
+class ApiClientAdmin(admin.ModelAdmin):
+    list_display = ["name", "created_at"]
+    search_fields = ["name"]
+    inlines = [ApiKeyInline]
+    actions = ["create_key", "revoke_keys"]
+
+    @admin.action(description="Create a new API key (shown once)")
+    def create_key(self, request, queryset):
+        for client in queryset:
+            _, key = api_key_create(client=client)
+            self.message_user(request, f"New API key of {client.name} (copy it now, it is not stored): {key}", messages.SUCCESS)
+
+    @admin.action(description="Revoke all API keys")
+    def revoke_keys(self, request, queryset):
+        revoked = 0
+        for key in ApiKey.objects.filter(client__in=queryset, revoked_at__isnull=True):
+            key.revoked_at = timezone.now()
+            key.save(update_fields=["revoked_at"])
+            revoked += 1
+        self.message_user(request, f"{revoked} key(s) revoked.", messages.SUCCESS)

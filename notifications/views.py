@@ -6,6 +6,7 @@ notifications, and another client's id answers 404.
 
 from __future__ import annotations
 
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.pagination import CursorPagination
@@ -17,6 +18,14 @@ from channels.registry import all_channels
 
 from . import services
 from .models import Notification, Status
+from .openapi import (
+    ERROR_EXAMPLE,
+    IDEMPOTENCY_KEY,
+    SINGLE_EXAMPLES,
+    BatchAcceptedSerializer,
+    ChannelListSerializer,
+    errors,
+)
 from .serializers import (
     BatchRequestSerializer,
     NotificationDetailSerializer,
@@ -61,6 +70,19 @@ class NotificationListView(APIView):
 
     FILTERS = {"status": "status", "channel": "channel", "to": "recipient"}
 
+    @extend_schema(
+        summary="Send a notification",
+        description=(
+            "Accepts a notification for delivery: it is committed (with its outbox row) before the "
+            "202 answer, and sent at least once. Nothing is sent during the request. `to` is checked "
+            "by the channel: an email address, a phone number in international form (stored as "
+            "E.164), a Slack channel id or #name, a webhook target. See the channels and their limits "
+            "in the description above."
+        ),
+        request=NotificationRequestSerializer, parameters=[IDEMPOTENCY_KEY],
+        responses={202: NotificationSerializer, **errors(400, 401, 413, 415, 422, 429, 503)},
+        examples=[*SINGLE_EXAMPLES, ERROR_EXAMPLE],
+    )
     def post(self, request):
         serializer = NotificationRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -71,6 +93,16 @@ class NotificationListView(APIView):
             headers={"Location": location, **_replayed_headers(replayed)},
         )
 
+    @extend_schema(
+        summary="List notifications, newest first",
+        parameters=[
+            OpenApiParameter("status", str, enum=Status.values),
+            OpenApiParameter("channel", str),
+            OpenApiParameter("to", str, description="The recipient as stored (normalised)."),
+            OpenApiParameter("page_size", int, description="1 to 500, default 50."),
+        ],
+        responses={200: NotificationSerializer(many=True), **errors(400, 401, 429)},
+    )
     def get(self, request):
         params = request.query_params
         unknown = sorted(set(params) - set(self.FILTERS) - {"cursor", "page_size"})
@@ -89,6 +121,22 @@ class NotificationListView(APIView):
 class NotificationBatchView(APIView):
     """POST: accept up to 1,000 notifications at once, all or nothing (202, ids in order)."""
 
+    @extend_schema(
+        summary="Send up to 1,000 notifications at once",
+        description="All items are validated first; one invalid item rejects the whole batch (errors by index), "
+                    "otherwise all are written in one transaction.",
+        request=BatchRequestSerializer, parameters=[IDEMPOTENCY_KEY],
+        responses={202: BatchAcceptedSerializer, **errors(400, 401, 413, 415, 422, 429, 503)},
+        examples=[
+            OpenApiExample("Two notifications", request_only=True, value={"notifications": [
+                {"channel": "email-log", "to": "alice@example.com", "message": "Hi Alice"},
+                {"channel": "sms-log", "to": "+14155550100", "message": "Hi Bob"},
+            ]}),
+            OpenApiExample("Accepted", response_only=True, status_codes=["202"], value={
+                "count": 2, "ids": ["01a21c76-8eab-7351-a1ff-f81368dcb49b", "01a21c76-8eab-7351-a1ff-f81368dcb49c"],
+            }),
+        ],
+    )
     def post(self, request):
         serializer = BatchRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -102,6 +150,7 @@ class NotificationBatchView(APIView):
 class NotificationDetailView(APIView):
     """GET: one notification with its full status history."""
 
+    @extend_schema(summary="A notification with its history", responses={200: NotificationDetailSerializer, **errors(401, 404, 429)})
     def get(self, request, pk):
         notification = Notification.objects.prefetch_related("events").filter(pk=pk, client=request.user).first()
         if notification is None:
@@ -112,6 +161,10 @@ class NotificationDetailView(APIView):
 class NotificationCancelView(APIView):
     """POST: cancel a scheduled, queued or retrying notification; 409 once its send started."""
 
+    @extend_schema(summary="Cancel a notification", request=None,
+                   description="A scheduled, queued or retrying notification is cancelled and never sent, also "
+                               "while a dispatcher holds it, as long as its send has not started.",
+                   responses={200: NotificationDetailSerializer, **errors(401, 404, 409, 429)})
     def post(self, request, pk):
         services.notification_cancel(notification_id=pk, client_id=request.user.pk, by=f"client {request.user.name}")
         return _detail(request, pk)
@@ -120,6 +173,9 @@ class NotificationCancelView(APIView):
 class NotificationResendView(APIView):
     """POST: queue a sent or failed notification again; 409 otherwise."""
 
+    @extend_schema(summary="Send a notification again", request=None,
+                   description="A sent or failed notification is queued again; its history keeps every earlier attempt.",
+                   responses={202: NotificationDetailSerializer, **errors(401, 404, 409, 429)})
     def post(self, request, pk):
         services.notification_resend(notification_id=pk, client_id=request.user.pk, by=f"client {request.user.name}")
         return _detail(request, pk, status.HTTP_202_ACCEPTED)
@@ -133,5 +189,6 @@ def _detail(request, pk, code: int = status.HTTP_200_OK) -> Response:
 class ChannelListView(APIView):
     """GET: the channels this service is configured with."""
 
+    @extend_schema(summary="Configured channels, their kinds and limits", responses={200: ChannelListSerializer, **errors(401)})
     def get(self, request):
         return Response({"channels": [channel.describe() for _, channel in sorted(all_channels().items())]})

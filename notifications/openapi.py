@@ -1,0 +1,104 @@
+"""OpenAPI description of the API (drf-spectacular): the error format, bearer-key security,
+examples, and the configured channels with their limits."""
+
+from __future__ import annotations
+
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse
+from rest_framework import serializers
+
+
+class ErrorDetailSerializer(serializers.Serializer):
+    code = serializers.CharField(help_text="Stable, machine-readable: invalid, malformed_json, not_found, ...")
+    message = serializers.CharField(help_text="For people.")
+    fields = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()), required=False,
+        help_text="Validation errors by field; batch items as notifications[3].to.",
+    )
+
+
+class ErrorSerializer(serializers.Serializer):
+    """Every 4xx and 5xx answer has this shape."""
+
+    error = ErrorDetailSerializer()
+
+
+class BatchAcceptedSerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    ids = serializers.ListField(child=serializers.UUIDField(), help_text="In the order of the request's items.")
+
+
+class ChannelListSerializer(serializers.Serializer):
+    channels = serializers.ListField(child=serializers.DictField())
+
+
+class ApiKeyScheme(OpenApiAuthenticationExtension):
+    target_class = "notifications.auth.ApiKeyAuthentication"
+    name = "ApiKey"
+
+    def get_security_definition(self, auto_schema):
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API key: `Authorization: Bearer ntf_...` (python manage.py create_api_key NAME).",
+        }
+
+
+def errors(*codes: int) -> dict[int, OpenApiResponse]:
+    descriptions = {
+        400: "Invalid request: malformed JSON, or fields named in `fields`.",
+        401: "No valid API key.",
+        404: "No such notification for this client.",
+        409: "Not possible in the notification's current status.",
+        413: "Request body over the limit (256 KiB).",
+        415: "Content type is not application/json.",
+        422: "Idempotency-Key reused with a different body.",
+        429: "Rate limit exceeded; see Retry-After.",
+        503: "Database unavailable; nothing was stored; see Retry-After.",
+    }
+    return {code: OpenApiResponse(ErrorSerializer, description=descriptions[code]) for code in codes}
+
+
+IDEMPOTENCY_KEY = OpenApiParameter(
+    "Idempotency-Key", str, OpenApiParameter.HEADER, required=False,
+    description=(
+        "Makes retries safe: a repeat with the same key and body returns the original "
+        "notification(s) (header Idempotent-Replayed: true) instead of creating new ones; the "
+        "same key with another body answers 422. Keys are per client, kept 24 h."
+    ),
+)
+
+SINGLE_EXAMPLES = [
+    OpenApiExample("Email", value={"channel": "email-log", "to": "alice@example.com", "subject": "Welcome", "message": "Hello Alice"}),
+    OpenApiExample("SMS, high priority, expiring", value={
+        "channel": "sms-log", "to": "+14155550100", "message": "Your code is 123456",
+        "priority": "high", "expires_at": "2030-01-01T12:05:00Z",
+    }),
+    OpenApiExample("Previous system's shape (type)", value={"type": "slack-log", "to": "#alerts", "message": "Deploy done"}),
+    OpenApiExample("Scheduled", value={"channel": "email-log", "to": "bob@example.com", "message": "Reminder", "send_at": "2030-01-01T09:00:00Z"}),
+]
+
+ERROR_EXAMPLE = OpenApiExample(
+    "Invalid fields", response_only=True, status_codes=["400"],
+    value={"error": {"code": "invalid", "message": "Invalid request: to: This field is required.",
+                     "fields": {"to": ["This field is required."]}}},
+)
+
+
+def describe_channels(result, generator, request, public):
+    """Postprocessing hook: document the configured channels and their limits."""
+    from channels.registry import all_channels
+
+    lines = ["", "## Configured channels", "", "| channel | kind | limits |", "|---|---|---|"]
+    for name, channel in sorted(all_channels().items()):
+        limits = channel.describe().get("limits") or {}
+        text = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in limits.items()) or "-"
+        lines.append(f"| `{name}` | {channel.kind} | {text} |")
+    result["info"]["description"] = result["info"].get("description", "") + "\n".join(lines)
+    return result
+
+
+def without_slash_variants(endpoints):
+    """Preprocessing hook: every route also answers with a trailing slash; document it once."""
+    return [(path, regex, method, view) for path, regex, method, view in endpoints
+            if not (path.startswith("/api/v1/") and path.endswith("/"))]
