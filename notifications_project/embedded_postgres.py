@@ -4,15 +4,19 @@ The `pgserver` package ships PostgreSQL binaries in a wheel. The server keeps it
 `.data/pg` in the checkout and listens on a Unix socket only. It is shared: every process of the
 project (API workers, dispatchers, tests, manage.py) finds the running server through its
 `postmaster.pid`, and the first one to arrive starts it. It keeps running when they exit;
-`python manage.py embedded_postgres stop` (and `make run` on Ctrl-C, when it started it) stops it.
+`python -m notifications_project.embedded_postgres stop` (and `make run` on Ctrl-C, when it
+started it) stops it.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-DATA_DIR = Path(__file__).resolve().parent.parent / ".data" / "pg"
+# NOTIFY_EMBEDDED_PGDATA picks another data directory, i.e. another server: the chaos and
+# benchmark runs use their own, so that restarting it disturbs nothing else.
+DATA_DIR = Path(os.environ.get("NOTIFY_EMBEDDED_PGDATA") or Path(__file__).resolve().parent.parent / ".data" / "pg")
 DATABASE_NAME = "notifications"
 USER = "postgres"
 
@@ -72,6 +76,11 @@ def ensure_running(data_dir: Path = DATA_DIR) -> EmbeddedServer:
     return embedded
 
 
+def restart(data_dir: Path = DATA_DIR) -> None:
+    """Restart the server (fast shutdown: every session is cut, as in a database failover)."""
+    _pg_ctl(data_dir, "restart", "-m", "fast", "-l", str(data_dir.resolve() / "log"))
+
+
 def stop(data_dir: Path = DATA_DIR) -> bool:
     """Stop the embedded server (fast shutdown: sessions are closed, nothing committed is lost)."""
     if not is_running(data_dir):
@@ -81,8 +90,6 @@ def stop(data_dir: Path = DATA_DIR) -> bool:
 
 
 def _pg_ctl(data_dir: Path, *args: str) -> None:
-    import os
-
     from pgserver._commands import pg_ctl
 
     # pgserver runs PostgreSQL as the user 'pgserver' when we are root.
