@@ -28,6 +28,15 @@ class BatchAcceptedSerializer(serializers.Serializer):
     ids = serializers.ListField(child=serializers.UUIDField(), help_text="In the order of the request's items.")
 
 
+def page_of(serializer_class: type[serializers.Serializer]) -> type[serializers.Serializer]:
+    """The shape of a cursor-paginated list of `serializer_class`."""
+    return type(f"{serializer_class.__name__.removesuffix('Serializer')}PageSerializer", (serializers.Serializer,), {
+        "next": serializers.URLField(allow_null=True, help_text="The next page, or null."),
+        "previous": serializers.URLField(allow_null=True, help_text="The previous page, or null."),
+        "results": serializer_class(many=True),
+    })
+
+
 class ChannelListSerializer(serializers.Serializer):
     channels = serializers.ListField(child=serializers.DictField())
 

@@ -12,7 +12,7 @@ from rest_framework import serializers
 
 from channels.registry import all_channels
 
-from .models import Notification, NotificationEvent, Priority
+from .models import Notification, NotificationEvent, Priority, Status
 
 # A send_at this little in the past (client clocks drift) means "now".
 SEND_AT_TOLERANCE = timedelta(minutes=5)
@@ -137,6 +137,25 @@ class NotificationRequestSerializer(serializers.Serializer):
         return value
 
 
+class NotificationListQuerySerializer(serializers.Serializer):
+    """The query parameters of GET /api/v1/notifications."""
+
+    status = serializers.ChoiceField(
+        choices=Status.values, required=False,
+        error_messages={"invalid_choice": f"Must be one of: {', '.join(Status.values)}."},
+    )
+    channel = serializers.CharField(required=False)
+    to = serializers.CharField(required=False, help_text="The recipient as stored (normalised).")
+    page_size = serializers.IntegerField(required=False, min_value=1, max_value=500, help_text="Default 50.")
+    cursor = serializers.CharField(required=False, help_text="From the `next` or `previous` link.")
+
+    def to_internal_value(self, data):
+        unknown = sorted(set(data) - set(self.fields))
+        if unknown:
+            raise serializers.ValidationError({name: [f"Unknown query parameter. Expected: {', '.join(self.fields)}."] for name in unknown})
+        return super().to_internal_value(data)
+
+
 class NotificationEventSerializer(serializers.ModelSerializer):
     at = serializers.DateTimeField(source="created_at")
 
@@ -169,9 +188,12 @@ class BatchRequestSerializer(serializers.Serializer):
     """POST /api/v1/notifications/batch: {"notifications": [ ...up to 1,000 items... ]}.
     Every item is validated before anything is written; one bad item rejects the batch."""
 
-    notifications = serializers.ListField(child=serializers.DictField(), min_length=1, max_length=1000)
+    # Items are checked one by one below, so that every error is named notifications[i]...
+    notifications = serializers.ListField(min_length=1, max_length=1000)
 
     def to_internal_value(self, data):
+        from .services import notification_validate  # services does not import this module
+
         if isinstance(data, dict):
             unknown = sorted(set(data) - {"notifications"})
             if unknown:
@@ -179,11 +201,21 @@ class BatchRequestSerializer(serializers.Serializer):
         value = super().to_internal_value(data)
         items, errors = [], {}
         for index, item in enumerate(value["notifications"]):
+            if not isinstance(item, dict):
+                errors[f"notifications[{index}]"] = ["Expected a JSON object."]
+                continue
             serializer = NotificationRequestSerializer(data=item)
-            if serializer.is_valid():
-                items.append(serializer.validated_data)
-            else:
+            if not serializer.is_valid():
                 errors[f"notifications[{index}]"] = serializer.errors
+                continue
+            # The channel's own checks (recipient, content) here too, so that they are reported
+            # by index along with every other item's errors, also in a batch of one.
+            try:
+                notification_validate(**serializer.validated_data)
+            except serializers.ValidationError as exc:
+                errors[f"notifications[{index}]"] = exc.detail
+                continue
+            items.append(serializer.validated_data)
         if errors:
             raise serializers.ValidationError(errors)
         return items

@@ -17,7 +17,7 @@ from rest_framework.views import APIView
 from channels.registry import all_channels
 
 from . import services
-from .models import Notification, Status
+from .models import Notification
 from .openapi import (
     ERROR_EXAMPLE,
     IDEMPOTENCY_KEY,
@@ -25,10 +25,12 @@ from .openapi import (
     BatchAcceptedSerializer,
     ChannelListSerializer,
     errors,
+    page_of,
 )
 from .serializers import (
     BatchRequestSerializer,
     NotificationDetailSerializer,
+    NotificationListQuerySerializer,
     NotificationRequestSerializer,
     NotificationSerializer,
 )
@@ -42,6 +44,12 @@ class NewestFirst(CursorPagination):
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 500
+
+    def decode_cursor(self, request):
+        try:
+            return super().decode_cursor(request)
+        except NotFound:  # DRF answers 404 for a cursor it cannot read; it is a bad parameter
+            raise ValidationError({"cursor": ["Invalid cursor; use the next or previous link of a page."]}) from None
 
 
 def _idempotency_key(request) -> str | None:
@@ -95,24 +103,14 @@ class NotificationListView(APIView):
 
     @extend_schema(
         summary="List notifications, newest first",
-        parameters=[
-            OpenApiParameter("status", str, enum=Status.values),
-            OpenApiParameter("channel", str),
-            OpenApiParameter("to", str, description="The recipient as stored (normalised)."),
-            OpenApiParameter("page_size", int, description="1 to 500, default 50."),
-        ],
-        responses={200: NotificationSerializer(many=True), **errors(400, 401, 429)},
+        parameters=[NotificationListQuerySerializer],
+        responses={200: page_of(NotificationSerializer), **errors(400, 401, 429)},
     )
     def get(self, request):
-        params = request.query_params
-        unknown = sorted(set(params) - set(self.FILTERS) - {"cursor", "page_size"})
-        if unknown:
-            raise ValidationError({name: [f"Unknown filter. Filters: {', '.join(self.FILTERS)}."] for name in unknown})
-        if "status" in params and params["status"] not in Status.values:
-            raise ValidationError({"status": [f"Must be one of: {', '.join(Status.values)}."]})
-        queryset = Notification.objects.filter(
-            client=request.user, **{field: params[name] for name, field in self.FILTERS.items() if name in params}
-        )
+        query = NotificationListQuerySerializer(data=request.query_params.dict())
+        query.is_valid(raise_exception=True)
+        filters = {self.FILTERS[name]: value for name, value in query.validated_data.items() if name in self.FILTERS}
+        queryset = Notification.objects.filter(client=request.user, **filters)
         paginator = NewestFirst()
         page = paginator.paginate_queryset(queryset, request, view=self)
         return paginator.get_paginated_response(NotificationSerializer(page, many=True).data)

@@ -4,6 +4,7 @@ and resend (API and admin)."""
 
 from __future__ import annotations
 
+import json
 import threading
 from contextlib import nullcontext
 import time
@@ -148,7 +149,9 @@ def claim(*, dispatcher: str, limit: int, lease_seconds: float, channels: Iterab
             outbox_id=outbox_id,
             lease_token=token,
             channel=channel,
-            message=Message(recipient=recipient, body=body, subject=subject, metadata=metadata or {},
+            # A raw cursor returns jsonb as text (Django decodes it only for model fields).
+            message=Message(recipient=recipient, body=body, subject=subject,
+                            metadata=json.loads(metadata) if isinstance(metadata, str) else (metadata or {}),
                             notification_id=str(notification_id), attempt=attempt),
             attempt=attempt,
             lease_expires=lease_expires,

@@ -176,7 +176,7 @@ def test_list_unknown_query_parameter_is_400(client, db, param):
 
 def test_list_with_an_invalid_cursor_answers_in_the_error_format(client, db):
     create()
-    assert_error(client.get(URL, {"cursor": "garbage"}), 404, "not_found")
+    assert_error(client.get(URL, {"cursor": "garbage"}), 400, "invalid", fields=["cursor"])
 
 
 def walk(client, params) -> list[str]:
