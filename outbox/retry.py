@@ -20,6 +20,9 @@ class RetryPolicy:
     base_seconds: float
     cap_seconds: float
     max_attempts: int
+    # A provider's Retry-After is obeyed up to this long (a broken or hostile endpoint could
+    # otherwise push a retry out for years).
+    max_retry_after_seconds: float = 24 * 3600
     rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
 
     @classmethod
@@ -37,5 +40,5 @@ class RetryPolicy:
             return None
         delay = self.rng.uniform(0, self.ceiling(attempt))
         if retry_after is not None:
-            delay = max(delay, retry_after)
+            delay = max(delay, min(retry_after, self.max_retry_after_seconds))
         return delay

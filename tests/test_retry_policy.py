@@ -37,3 +37,8 @@ def test_retry_after_is_a_floor():
     assert all(p.delay(1, retry_after=30) >= 30 for _ in range(50))
     # a Retry-After shorter than the jittered delay does not shorten it below zero
     assert all(p.delay(3, retry_after=0) >= 0 for _ in range(50))
+
+
+def test_retry_after_is_obeyed_only_up_to_a_day():
+    p = policy()
+    assert p.delay(1, retry_after=10 * 365 * 24 * 3600) == 24 * 3600
