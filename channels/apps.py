@@ -17,8 +17,10 @@ def check_channels(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
     from .registry import build_channels
     from django.conf import settings
 
-    try:
-        build_channels(settings.NOTIFICATION_CHANNELS)
-    except ChannelConfigurationError as exc:
-        return [checks.Error(str(exc), id="channels.E001")]
-    return []
+    problems = []
+    for name, entry in settings.NOTIFICATION_CHANNELS.items():  # each one, to report them all
+        try:
+            build_channels({name: entry})
+        except ChannelConfigurationError as exc:
+            problems.append(checks.Error(str(exc), id="channels.E001"))
+    return problems
