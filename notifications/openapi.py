@@ -108,6 +108,7 @@ def describe_channels(result, generator, request, public):
 
 
 def without_slash_variants(endpoints):
-    """Preprocessing hook: every route also answers with a trailing slash; document it once."""
+    """Preprocessing hook: document the API's routes once (each also answers with a trailing
+    slash), and not the schema's own route."""
     return [(path, regex, method, view) for path, regex, method, view in endpoints
-            if not (path.startswith("/api/v1/") and path.endswith("/"))]
+            if path.startswith("/api/v1/") and not path.endswith("/")]

@@ -102,7 +102,7 @@ class NotificationListView(APIView):
         )
 
     @extend_schema(
-        summary="List notifications, newest first",
+        summary="List notifications, newest first", operation_id="notifications_list",
         parameters=[NotificationListQuerySerializer],
         responses={200: page_of(NotificationSerializer), **errors(400, 401, 429)},
     )
