@@ -1,7 +1,9 @@
 """One dispatcher process: claim due outbox rows, send them on a thread pool, record outcomes.
 
 Three kinds of threads share the work:
-- the main thread claims rows (one short transaction per batch) and hands them to the pool;
+- the main thread claims rows (one short transaction per batch) into a ready queue, and as
+  threads come free STARTs a group of them (one statement: from here on a cancel is refused)
+  and hands it to the pool;
 - the pool's threads send, outside any transaction, and queue each outcome;
 - the recorder thread writes queued outcomes in batches (outbox.store.record_outcomes).
 A listener thread holds a LISTEN connection and wakes the main thread when new work commits;
@@ -17,12 +19,12 @@ from __future__ import annotations
 import logging
 import os
 import queue
-from collections import deque
+import secrets
 import signal
 import socket
-import secrets
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
