@@ -1,12 +1,19 @@
 """The admin: what was sent, to whom, every attempt; clients and their API keys."""
 
 from django.contrib import admin, messages
+from django.urls import path
 from django.utils import timezone
+from django.utils.html import format_html
 from rest_framework.exceptions import APIException
 
-from . import services
+from . import rendering, services
+from .admin_stats import stats_view
 from .auth import api_key_create
 from .models import ApiClient, ApiKey, Notification, NotificationEvent
+
+# A link to the statistics page on the admin's home page (unless a project template replaced it).
+if admin.site.index_template is None:
+    admin.site.index_template = "admin/notifications/index.html"
 
 
 class NotificationEventInline(admin.TabularInline):
@@ -27,13 +34,28 @@ class NotificationAdmin(admin.ModelAdmin):
     list_filter = ["status", "channel", "created_at"]
     search_fields = ["=id", "recipient", "=provider_message_id"]
     date_hierarchy = "created_at"
-    readonly_fields = [f.name for f in Notification._meta.fields]
+    # Every field, read-only, with the message as its channel sends it after the message itself.
+    readonly_fields = [name for f in Notification._meta.fields
+                       for name in ([f.name, "rendered_message"] if f.name == "message" else [f.name])]
     inlines = [NotificationEventInline]
     show_full_result_count = False  # no COUNT(*) over the whole history on every page
     actions = ["resend_selected", "cancel_selected"]
 
     def has_add_permission(self, request) -> bool:
         return False  # notifications come in through the API
+
+    def get_urls(self):
+        # The statistics page (notifications.admin_stats), behind the admin's login.
+        stats = self.admin_site.admin_view(lambda request: stats_view(self, request))
+        return [path("stats/", stats, name="notifications_notification_stats"), *super().get_urls()]
+
+    @admin.display(description="Rendered message")
+    def rendered_message(self, obj: Notification) -> str:
+        """The subject and body as the channel sends them (escaped)."""
+        if obj is None or obj.pk is None:
+            return "-"
+        headline, text = rendering.rendered_message(obj)
+        return format_html('<div class="help">{}</div><pre style="white-space: pre-wrap; margin: 0.3em 0 0;">{}</pre>', headline, text)
 
     @admin.action(description="Resend selected notifications")
     def resend_selected(self, request, queryset):

@@ -69,15 +69,21 @@ def exception_handler(exc, context):
 
 def _as_field_dict(detail, prefix: str = "") -> dict[str, list[str]]:
     """Field errors as {"field": [messages]}; nested ones (batch items) as
-    {"notifications[3].to": [messages]}."""
-    if not isinstance(detail, dict):
-        messages = detail if isinstance(detail, list) else [detail]
-        return {prefix or "non_field_errors": [str(m) for m in messages]}
-    fields: dict[str, list[str]] = {}
-    for name, messages in detail.items():
-        path = f"{prefix}.{name}" if prefix else str(name)
-        if isinstance(messages, dict):
+    {"notifications[3].to": [messages]}, and an item's own errors as {"notifications[3]": [...]}."""
+    if isinstance(detail, dict):
+        fields: dict[str, list[str]] = {}
+        for name, messages in detail.items():
+            if name == "non_field_errors" and prefix:
+                path = prefix
+            else:
+                path = f"{prefix}.{name}" if prefix else str(name)
             fields.update(_as_field_dict(messages, path))
-        else:
-            fields[path] = [str(m) for m in (messages if isinstance(messages, list) else [messages])]
-    return fields
+        return fields
+    if isinstance(detail, list) and any(isinstance(item, (dict, list)) for item in detail):
+        fields = {}
+        for index, item in enumerate(detail):  # a list serializer's errors: one entry per item
+            if item:
+                fields.update(_as_field_dict(item, f"{prefix}[{index}]"))
+        return fields
+    messages = detail if isinstance(detail, list) else [detail]
+    return {prefix or "non_field_errors": [str(m) for m in messages]}

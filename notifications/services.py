@@ -1,7 +1,8 @@
 """Writes of the notifications domain, shared by the API and the admin.
 
-Validation happens before any write; the writes themselves are single statements of
-outbox/sql.py (several in one transaction only with an Idempotency-Key).
+Validation (notification_validate, called by the request serializers) happens before any
+write; the writes themselves are single statements of outbox/sql.py (several in one
+transaction only with an Idempotency-Key).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from channels.errors import InvalidMessage
 from channels.registry import all_channels
 from outbox import store
 
+from . import metrics
 from .ids import new_notification_id
 from .models import ApiClient, Notification, Status
 
@@ -68,39 +70,28 @@ def request_fingerprint(endpoint: str, body: Any) -> str:
     return hashlib.sha256(f"{endpoint}\n{canonical}".encode()).hexdigest()
 
 
-def notifications_create(*, client: ApiClient, items: Sequence[dict], idempotency_key: str | None = None,
-                         fingerprint: str = "") -> tuple[list[Notification], bool]:
-    """Validate and accept notifications, all or nothing: each one's row, first history event
-    and outbox row are committed together, and nothing is sent here.
+def notifications_create(*, client: ApiClient, notifications: Sequence[store.NewNotification],
+                         idempotency_key: str | None = None, fingerprint: str = "") -> tuple[list[Notification], bool]:
+    """Accept validated notifications (see notification_validate), all or nothing: each one's
+    row, first history event and outbox row are committed together; nothing is sent here.
 
     With an idempotency key, a repeat of an earlier request (same key, same fingerprint)
     creates nothing and returns the earlier notifications as they are now; the bool says
-    whether this was such a replay. Raises ValidationError (per item, by index, for batches),
-    or IdempotencyKeyReused.
+    whether this was such a replay. Raises IdempotencyKeyReused for the same key with
+    another fingerprint.
     """
-    validated, errors = [], {}
-    for index, item in enumerate(items):
-        try:
-            validated.append(notification_validate(**item))
-        except ValidationError as exc:
-            errors[index] = exc.detail
-    if errors:
-        if len(items) == 1 and 0 in errors:
-            raise ValidationError(errors[0])
-        raise ValidationError({f"notifications[{i}]": detail for i, detail in errors.items()})
-
     if idempotency_key is None:
-        written = store.enqueue(validated, client_id=client.pk)
-        return [_as_notification(new, row, client) for new, row in zip(validated, written)], False
+        written = store.enqueue(notifications, client_id=client.pk)
+        return [_as_notification(new, row, client) for new, row in zip(notifications, written)], False
 
     with transaction.atomic():
         earlier = store.take_idempotency_key(
             client_id=client.pk, key=idempotency_key, request_hash=fingerprint,
-            notification_ids=[n.id for n in validated], ttl_seconds=settings.NOTIFY_IDEMPOTENCY_TTL_SECONDS,
+            notification_ids=[n.id for n in notifications], ttl_seconds=settings.NOTIFY_IDEMPOTENCY_TTL_SECONDS,
         )
         if earlier is None:
-            written = store.enqueue(validated, client_id=client.pk)
-            return [_as_notification(new, row, client) for new, row in zip(validated, written)], False
+            written = store.enqueue(notifications, client_id=client.pk)
+            return [_as_notification(new, row, client) for new, row in zip(notifications, written)], False
     request_hash, ids = earlier
     if request_hash != fingerprint:
         raise IdempotencyKeyReused()

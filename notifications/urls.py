@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import stats_views, views
 
 
 def both(route: str, view, name: str) -> list:
@@ -15,4 +15,5 @@ urlpatterns = [
     *both("notifications/<uuid:pk>/cancel", views.NotificationCancelView.as_view(), "notification-cancel"),
     *both("notifications/<uuid:pk>/resend", views.NotificationResendView.as_view(), "notification-resend"),
     *both("channels", views.ChannelListView.as_view(), "channel-list"),
+    *both("stats", stats_views.StatsView.as_view(), "stats"),
 ]

@@ -61,10 +61,10 @@ def _idempotency_key(request) -> str | None:
     return key
 
 
-def _create(request, endpoint: str, items: list[dict]) -> tuple[list[Notification], bool]:
+def _create(request, endpoint: str, notifications: list) -> tuple[list[Notification], bool]:
     key = _idempotency_key(request)
     return services.notifications_create(
-        client=request.user, items=items, idempotency_key=key,
+        client=request.user, notifications=notifications, idempotency_key=key,
         fingerprint=services.request_fingerprint(endpoint, request.data) if key else "",
     )
 

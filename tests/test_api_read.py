@@ -21,9 +21,8 @@ def client(db):
 
 
 def create(channel="fake", to="someone", message="hi", **fields) -> Notification:
-    (notification,), _ = services.notifications_create(
-        client=tenant(), items=[{"channel": channel, "to": to, "message": message, **fields}]
-    )
+    new = services.notification_validate(channel=channel, to=to, message=message, **fields)
+    (notification,), _ = services.notifications_create(client=tenant(), notifications=[new])
     return notification
 
 
