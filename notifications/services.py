@@ -71,18 +71,17 @@ def request_fingerprint(endpoint: str, body: Any) -> str:
 
 
 def notifications_create(*, client: ApiClient, notifications: Sequence[store.NewNotification],
-                         idempotency_key: str | None = None, fingerprint: str = "") -> tuple[list[Notification], bool]:
+                         idempotency_key: str | None = None, fingerprint: str = "") -> tuple[list[store.Enqueued], bool]:
     """Accept validated notifications (see notification_validate), all or nothing: each one's
     row, first history event and outbox row are committed together; nothing is sent here.
 
-    With an idempotency key, a repeat of an earlier request (same key, same fingerprint)
-    creates nothing and returns the earlier notifications as they are now; the bool says
-    whether this was such a replay. Raises IdempotencyKeyReused for the same key with
-    another fingerprint.
+    Returns what was written, in order, and False; or, with an idempotency key, for a repeat
+    of an earlier request (same key, same fingerprint): nothing is written, and the earlier
+    request's notifications are returned as they are now, with True. Raises
+    IdempotencyKeyReused for the same key with another fingerprint.
     """
     if idempotency_key is None:
-        written = store.enqueue(notifications, client_id=client.pk)
-        return [_as_notification(new, row, client) for new, row in zip(notifications, written)], False
+        return store.enqueue(notifications, client_id=client.pk), False
 
     with transaction.atomic():
         earlier = store.take_idempotency_key(
@@ -90,17 +89,17 @@ def notifications_create(*, client: ApiClient, notifications: Sequence[store.New
             notification_ids=[n.id for n in notifications], ttl_seconds=settings.NOTIFY_IDEMPOTENCY_TTL_SECONDS,
         )
         if earlier is None:
-            written = store.enqueue(notifications, client_id=client.pk)
-            return [_as_notification(new, row, client) for new, row in zip(notifications, written)], False
+            return store.enqueue(notifications, client_id=client.pk), False
     request_hash, ids = earlier
     if request_hash != fingerprint:
         raise IdempotencyKeyReused()
-    found = Notification.objects.in_bulk(ids)
+    found = {row[0]: store.Enqueued(*row) for row in
+             Notification.objects.filter(id__in=ids).values_list("id", "status", "created_at")}
     return [found[i] for i in ids if i in found], True
 
 
-def _as_notification(new: store.NewNotification, written: store.Enqueued, client: ApiClient) -> Notification:
-    """The notification as written, without reading it back."""
+def as_notification(new: store.NewNotification, written: store.Enqueued, client: ApiClient) -> Notification:
+    """The notification as just written, without reading it back."""
     return Notification(
         id=new.id, client=client, channel=new.channel, recipient=new.recipient, subject=new.subject,
         message=new.message, metadata=new.metadata or {}, status=written.status, attempts=0,

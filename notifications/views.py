@@ -61,7 +61,7 @@ def _idempotency_key(request) -> str | None:
     return key
 
 
-def _create(request, endpoint: str, notifications: list) -> tuple[list[Notification], bool]:
+def _create(request, endpoint: str, notifications: list) -> tuple[list, bool]:
     key = _idempotency_key(request)
     return services.notifications_create(
         client=request.user, notifications=notifications, idempotency_key=key,
@@ -94,7 +94,12 @@ class NotificationListView(APIView):
     def post(self, request):
         serializer = NotificationRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        (notification,), replayed = _create(request, "notifications", [serializer.validated_data])
+        new = serializer.validated_data
+        (written,), replayed = _create(request, "notifications", [new])
+        if replayed:  # the earlier request's notification, as it is now
+            notification = Notification.objects.get(pk=written.id)
+        else:
+            notification = services.as_notification(new, written, request.user)
         location = reverse("notification-detail", kwargs={"pk": notification.id}, request=request)
         return Response(
             NotificationSerializer(notification).data, status=status.HTTP_202_ACCEPTED,
@@ -138,9 +143,9 @@ class NotificationBatchView(APIView):
     def post(self, request):
         serializer = BatchRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        notifications, replayed = _create(request, "notifications/batch", serializer.validated_data)
+        written, replayed = _create(request, "notifications/batch", serializer.validated_data)
         return Response(
-            {"count": len(notifications), "ids": [str(n.id) for n in notifications]},
+            {"count": len(written), "ids": [str(n.id) for n in written]},
             status=status.HTTP_202_ACCEPTED, headers=_replayed_headers(replayed),
         )
 

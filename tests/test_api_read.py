@@ -22,7 +22,8 @@ def client(db):
 
 def create(channel="fake", to="someone", message="hi", **fields) -> Notification:
     new = services.notification_validate(channel=channel, to=to, message=message, **fields)
-    (notification,), _ = services.notifications_create(client=tenant(), notifications=[new])
+    (written,), _ = services.notifications_create(client=tenant(), notifications=[new])
+    notification = Notification.objects.get(pk=written.id)
     return notification
 
 
