@@ -194,6 +194,7 @@ NOTIFY_IDEMPOTENCY_TTL_SECONDS = env_float("NOTIFY_IDEMPOTENCY_TTL_SECONDS", 24 
 NOTIFY_MAX_SCHEDULE_DAYS = env_float("NOTIFY_MAX_SCHEDULE_DAYS", 30)
 # Requests to the API larger than this answer 413.
 NOTIFY_MAX_REQUEST_BYTES = int(env_float("NOTIFY_MAX_REQUEST_BYTES", 256 * 1024))
+NOTIFY_MAX_BATCH_REQUEST_BYTES = int(env_float("NOTIFY_MAX_BATCH_REQUEST_BYTES", 16 * 1024 * 1024))
 
 # --- Channels -------------------------------------------------------------------------------
 # name -> {"BACKEND": dotted path, "OPTIONS": {...}}, shaped like DATABASES and CACHES.

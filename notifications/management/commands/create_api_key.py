@@ -18,11 +18,11 @@ class Command(BaseCommand):
         if key is not None:
             if not key.startswith(KEY_PREFIX) or len(key) < len(KEY_PREFIX) + 20:
                 raise CommandError(f"--key must start with {KEY_PREFIX} and have at least 20 more characters")
+        existing = ApiKey.objects.select_related("client").filter(key_hash=hash_key(key)).first() if key else None
+        if existing is not None and existing.client.name != client_name:
+            raise CommandError("that key belongs to another client")
         client, created = ApiClient.objects.get_or_create(name=client_name)
-        if key is not None and ApiKey.objects.filter(key_hash=hash_key(key)).exists():
-            existing = ApiKey.objects.get(key_hash=hash_key(key))
-            if existing.client_id != client.pk:
-                raise CommandError("that key belongs to another client")
+        if existing is not None:
             if existing.revoked_at is not None:
                 existing.revoked_at = None
                 existing.save(update_fields=["revoked_at"])
