@@ -31,3 +31,36 @@ check: $(INSTALLED)
 clean-db: $(INSTALLED)
 	$(PY) -m notifications_project.embedded_postgres stop
 	rm -rf .data/pg
+
+# --- Benchmarks (issue 7): bench/ against its own embedded PostgreSQL (or DATABASE_URL) ---------
+BENCH_INSTALLED := $(VENV)/.bench-installed
+
+.PHONY: bench bench-quick
+
+# procrastinate (the peer queue), psutil and py-spy into the venv; wrk from Debian's packages
+# when we are root (without it the harness uses its Python load generator and says so).
+$(BENCH_INSTALLED): $(INSTALLED) requirements-bench.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
+	command -v wrk >/dev/null || [ "$$(id -u)" != 0 ] || apt-get install -y -qq wrk >/dev/null 2>&1 \
+		|| (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq wrk >/dev/null 2>&1) \
+		|| echo "wrk could not be installed: ingest_single_* will come from the Python load generator"
+	touch $(BENCH_INSTALLED)
+
+## make bench: every benchmark figure, as ratios to references of the same run (under 10 minutes);
+## prints the table and writes bench/results.json
+bench: $(BENCH_INSTALLED)
+	$(PY) -m bench
+
+## make bench-quick: the same at smaller sizes (under 2 minutes)
+bench-quick: $(BENCH_INSTALLED)
+	$(PY) -m bench --quick
+
+# --- Chaos (issue 6): at-least-once under faults, against its own embedded PostgreSQL -----------
+.PHONY: chaos
+
+## make chaos: 10,000 notifications through the API while dispatchers are killed, stopped past
+## their lease and terminated, PostgreSQL restarts and the provider misbehaves; checks that
+## nothing acknowledged is lost; prints the table and writes .data/chaos/results.json
+## (CHAOS_ARGS="--notifications 2000" and the like: `python -m chaos --help`)
+chaos: $(INSTALLED)
+	$(PY) -m chaos $(CHAOS_ARGS)

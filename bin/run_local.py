@@ -1,9 +1,10 @@
 """`make run`: the whole service on this machine, until Ctrl-C.
 
 Starts the embedded PostgreSQL (unless DATABASE_URL is set), applies migrations, runs the API
-under gunicorn on $PORT (default 8000) and the dispatchers, and prints a request to try.
-Ctrl-C stops the API and the dispatchers gracefully (in-flight sends finish and are recorded),
-and stops the embedded database if this run started it.
+under gunicorn on $PORT (default 8000), the dispatchers and the housekeeping scheduler
+(django-q2's qcluster), and prints a request to try. Ctrl-C stops them gracefully (in-flight
+sends finish and are recorded, a running housekeeping batch commits), and stops the embedded
+database if this run started it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,19 +42,29 @@ def main() -> int:
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], check=True)
     api_key = _dev_api_key()
 
+    # Prometheus multiprocess mode: the API's workers and the dispatcher processes write their
+    # metrics to one fresh directory, so that the API's /metrics covers them all.
+    metrics_dir = ROOT / ".data" / "prometheus"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+
     # Own process groups: the terminal's Ctrl-C reaches only this script, which then stops
     # each child with SIGTERM, their graceful signal.
     api = subprocess.Popen(
-        [str(VENV_BIN / "gunicorn"), "notifications_project.wsgi", "--bind", f"{host}:{port}",
-         "--workers", os.environ.get("WEB_CONCURRENCY", "2"), "--graceful-timeout", "20",
-         "--access-logfile", "-"],
-        start_new_session=True,
+        [str(VENV_BIN / "gunicorn"), "-c", "notifications_project/gunicorn.conf.py", "notifications_project.wsgi",
+         "--bind", f"{host}:{port}", "--workers", os.environ.get("WEB_CONCURRENCY", "2"),
+         "--graceful-timeout", "20", "--access-logfile", "-"],
+        start_new_session=True, env=env,
     )
     dispatchers = subprocess.Popen(
         [sys.executable, "manage.py", "run_dispatchers", *os.environ.get("DISPATCHER_ARGS", "").split()],
-        start_new_session=True,
+        start_new_session=True, env=env,
     )
-    children = {"API": api, "dispatchers": dispatchers}
+    # The scheduled housekeeping (retention, expired Idempotency-Keys, gone dispatchers):
+    # django-q2's cluster with its broker in the same database.
+    qcluster = subprocess.Popen([sys.executable, "manage.py", "qcluster"], start_new_session=True)
+    children = {"API": api, "dispatchers": dispatchers, "qcluster": qcluster}
 
     stopping = False
 
@@ -77,7 +89,7 @@ def main() -> int:
                 stopping, code = True, 1
         time.sleep(0.3)
 
-    print("\nStopping: the API and the dispatchers finish what they are doing ...")
+    print("\nStopping: the API, the dispatchers and the qcluster finish what they are doing ...")
     for child in children.values():
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
@@ -127,7 +139,7 @@ def _print_banner(base: str, api_key: str) -> None:
     auth = f"-H 'Authorization: Bearer {api_key}'"
     print(
         f"""
-The notification service is running: API on {base}, dispatchers started.
+The notification service is running: API on {base}, dispatchers and housekeeping (qcluster) started.
 API key of the client "dev": {api_key}   (set NOTIFY_API_KEY to choose it)
 
 Send a notification:
@@ -138,7 +150,9 @@ Then read it back, with its history (the Location header of the answer):
 
 Channels: curl -s {auth} {base}/api/v1/channels
 API documentation: {base}/api/docs/
+Metrics (API and dispatchers): {base}/metrics   Probes: {base}/healthz {base}/readyz
 Admin: {base}/admin/ (create the first admin user with: .venv/bin/python manage.py createsuperuser)
+Statistics: {base}/admin/notifications/notification/stats/   (API: {base}/api/v1/stats)
 Press Ctrl-C to stop.
 """,
         flush=True,

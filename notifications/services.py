@@ -81,7 +81,9 @@ def notifications_create(*, client: ApiClient, notifications: Sequence[store.New
     IdempotencyKeyReused for the same key with another fingerprint.
     """
     if idempotency_key is None:
-        return store.enqueue(notifications, client_id=client.pk), False
+        written = store.enqueue(notifications, client_id=client.pk)
+        metrics.count_accepted(n.channel for n in notifications)
+        return written, False
 
     with transaction.atomic():
         earlier = store.take_idempotency_key(
@@ -89,7 +91,10 @@ def notifications_create(*, client: ApiClient, notifications: Sequence[store.New
             notification_ids=[n.id for n in notifications], ttl_seconds=settings.NOTIFY_IDEMPOTENCY_TTL_SECONDS,
         )
         if earlier is None:
-            return store.enqueue(notifications, client_id=client.pk), False
+            written = store.enqueue(notifications, client_id=client.pk)
+    if earlier is None:  # committed; a replay (below) writes nothing and is not counted
+        metrics.count_accepted(n.channel for n in notifications)
+        return written, False
     request_hash, ids = earlier
     if request_hash != fingerprint:
         raise IdempotencyKeyReused()

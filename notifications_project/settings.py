@@ -72,6 +72,7 @@ INSTALLED_APPS = [
     "channels.apps.ChannelsConfig",
     "notifications.apps.NotificationsConfig",
     "outbox.apps.OutboxConfig",
+    "django_q",  # scheduled housekeeping (notifications/housekeeping.py), ORM broker
 ]
 
 MIDDLEWARE = [
@@ -222,16 +223,70 @@ OUTBOX = {
 }
 
 # --- Logging --------------------------------------------------------------------------------
+# LOG_FORMAT=json writes one JSON object per line (time, level, logger, process, message and
+# the record's extra fields, such as those of the per-attempt delivery line); "plain" is for
+# people. Every record passes the secrets filter on its way out: bearer and API keys and the
+# configured channels' tokens, secrets and passwords are replaced by [REDACTED].
+LOG_FORMAT = (os.environ.get("LOG_FORMAT") or "plain").strip().lower()
+if LOG_FORMAT not in {"plain", "json"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT must be 'plain' or 'json', got {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"},
+        "json": {"()": "notifications_project.logging.JsonFormatter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"redact_secrets": {"()": "notifications_project.logging.RedactSecretsFilter"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["redact_secrets"]},
+    },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {
+        # Django's own loggers lose the handlers of its default configuration and go through
+        # the root handler above (one format, secrets filtered).
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
+        "django.server": {"handlers": [], "level": "INFO", "propagate": True},
         "pgserver": {"level": "WARNING"},
         "django.db.backends": {"level": "INFO"},
     },
+}
+
+# --- Operations: heartbeats and metrics ---------------------------------------------------------
+# Each dispatcher process writes its row in the `dispatcher` table this often; one silent for
+# three intervals is shown as gone in the admin.
+OUTBOX_HEARTBEAT_SECONDS = env_float("OUTBOX_HEARTBEAT_SECONDS", 5)
+# run_dispatchers --metrics-port / --metrics-addr defaults: the supervisor serves its dispatcher
+# processes' Prometheus metrics there (unset: not served).
+DISPATCHER_METRICS_PORT = int(env_float("DISPATCHER_METRICS_PORT", 0)) or None
+DISPATCHER_METRICS_ADDR = os.environ.get("DISPATCHER_METRICS_ADDR") or "0.0.0.0"
+
+# --- Retention and housekeeping (django-q2) -----------------------------------------------------
+# Finished notifications (sent, failed, cancelled, expired) older than this many days (by
+# created_at) are deleted with their history; notifications still in the outbox never are.
+NOTIFY_RETENTION_DAYS = env_float("NOTIFY_RETENTION_DAYS", 30)
+# Dispatcher records whose last heartbeat is older than this many hours are deleted.
+NOTIFY_DISPATCHER_RETENTION_HOURS = env_float("NOTIFY_DISPATCHER_RETENTION_HOURS", 24)
+# Rows deleted per transaction (each batch is one short statement with FOR UPDATE SKIP LOCKED).
+NOTIFY_HOUSEKEEPING_BATCH_SIZE = int(env_float("NOTIFY_HOUSEKEEPING_BATCH_SIZE", 1000))
+# A scheduled run stops after this many seconds; the next run goes on where it stopped.
+NOTIFY_HOUSEKEEPING_MAX_SECONDS = env_float("NOTIFY_HOUSEKEEPING_MAX_SECONDS", 300)
+# `python manage.py qcluster` runs the schedules (hourly; see `manage.py setup_schedules`).
+# Its broker is this PostgreSQL (the ORM broker): no other infrastructure. Several qclusters
+# against one database are safe: the scheduler locks each due schedule, so a job starts once.
+Q_CLUSTER = {
+    "name": "notifications",
+    "orm": "default",
+    "workers": int(env_float("Q_WORKERS", 2)),
+    "recycle": 100,
+    "timeout": int(env_float("Q_TIMEOUT_SECONDS", 900)),  # above NOTIFY_HOUSEKEEPING_MAX_SECONDS
+    "retry": int(env_float("Q_TIMEOUT_SECONDS", 900)) + 60,  # must exceed the timeout
+    "max_attempts": 1,  # a failed run is not retried: the next scheduled one does the work
+    "queue_limit": 4,
+    "bulk": 1,
+    "poll": env_float("Q_POLL_SECONDS", 2),  # the ORM broker polls its queue table this often
+    "catch_up": False,  # after downtime, run each missed schedule once, not once per missed hour
+    "save_limit": 250,  # successful task results kept (admin: Django Q)
+    "ack_failures": True,
+    "label": "Django Q (housekeeping)",
 }

@@ -1,14 +1,10 @@
 from django.contrib import admin
-from django.http import JsonResponse
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from notifications.api_errors import error_response
 
-
-def healthz(request):
-    """The process is up (it answers without touching the database)."""
-    return JsonResponse({"status": "ok"})
+from . import views
 
 
 urlpatterns = [
@@ -16,7 +12,10 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("admin/", admin.site.urls),
-    path("healthz", healthz),
+    # Probes and metrics: plain Django views, no API key (see views.py).
+    path("healthz", views.healthz, name="healthz"),
+    path("readyz", views.readyz, name="readyz"),
+    path("metrics", views.metrics, name="metrics"),
 ]
 
 

@@ -33,7 +33,8 @@ from django.db import DatabaseError, InterfaceError, connection
 from channels.base import Channel
 from channels.errors import PermanentChannelError, TransientChannelError
 
-from . import store
+from . import metrics, store
+from .heartbeat import Heartbeat
 from .listen import OutboxListener
 from .retry import RetryPolicy
 
@@ -96,6 +97,7 @@ class Dispatcher:
         self._in_flight = 0  # started, not finished
         self._in_flight_lock = threading.Lock()
         self._recheck_at: float | None = None
+        self._held = False  # ready rows wait for a free thread (see _start_ready)
         self._outcomes: queue.Queue = queue.Queue()
         self.sent = self.failed = self.retried = 0
 
@@ -112,6 +114,8 @@ class Dispatcher:
             "dispatcher %s started: channels=%s threads=%d batch=%d lease=%.0fs",
             self.id, ",".join(sorted(self.channels)), self.threads, self.batch_size, self.lease_seconds,
         )
+        heartbeat = Heartbeat(self)  # the `dispatcher` table's row of this process
+        heartbeat.start()
         listener = OutboxListener(on_notify=self._notified, stop=self._stop)
         listener.start()
         recorder = threading.Thread(target=self._record_loop, name="recorder", daemon=True)
@@ -123,6 +127,7 @@ class Dispatcher:
             pool.shutdown(wait=True)  # in-flight sends finish ...
             self._outcomes.put(_STOP)
             recorder.join()  # ... and their outcomes are recorded
+            heartbeat.stop()  # the last heartbeat: final counts and stopped_at
             connection.close()
         logger.info("dispatcher %s stopped: sent=%d retried=%d failed=%d", self.id, self.sent, self.retried, self.failed)
         return 0
@@ -179,8 +184,20 @@ class Dispatcher:
     def _start_ready(self, pool: ThreadPoolExecutor) -> bool:
         """START as many ready rows as the pool can take soon, and hand them to it."""
         room = self.max_started - self._in_flight
-        group = [self._ready.popleft() for _ in range(min(room, len(self._ready)))]
-        group = [d for d in group if self._lease_allows_send(d)]
+        group, held = [], []
+        for _ in range(min(room, len(self._ready))):
+            delivery = self._ready.popleft()
+            if not self._lease_allows_send(delivery):
+                continue  # left for the next claim
+            # Beyond the free threads, a started send waits in the pool's queue, up to one
+            # send's time, before it runs: its lease must cover the wait too. If it cannot, it
+            # stays here, unstarted, until a thread is free.
+            if self._in_flight + len(group) >= self.threads and not self._lease_allows_send(delivery, queued=True):
+                held.append(delivery)
+                continue
+            group.append(delivery)
+        self._ready.extendleft(reversed(held))
+        self._held = bool(held)
         if not group:
             return False
         try:
@@ -198,11 +215,15 @@ class Dispatcher:
             pool.submit(self._send, delivery)
         return True
 
-    def _lease_allows_send(self, delivery: store.Delivery) -> bool:
+    def _lease_allows_send(self, delivery: store.Delivery, *, queued: bool = False) -> bool:
         # Start a send only if it can finish inside the lease: otherwise another dispatcher
-        # could claim the row while this one is still sending it.
-        if time.monotonic() + self.channels[delivery.channel].send_timeout <= delivery.lease_expires:
+        # could claim the row while this one is still sending it. A queued send may first
+        # wait one send's time for a thread.
+        timeout = self.channels[delivery.channel].send_timeout
+        if time.monotonic() + timeout * (2 if queued else 1) <= delivery.lease_expires:
             return True
+        if queued:
+            return False
         logger.warning("notification=%s: lease too close to expiry to send; left for the next claim",
                        delivery.notification_id)
         return False
@@ -240,12 +261,21 @@ class Dispatcher:
                 # Wake the claim loop when half the started capacity is free: STARTs then
                 # come in groups of at least `threads` rows, not one per finished send.
                 half_free = self._in_flight == self.threads
-            if half_free:
+                # Rows held for a free thread are started as soon as there is one.
+                wake = half_free or (self._held and self._in_flight < self.threads)
+            if wake:
                 self._wake.set()
 
     def _attempt(self, delivery: store.Delivery) -> store.Outcome:
         channel = self.channels[delivery.channel]
         started = time.monotonic()
+        if started + channel.send_timeout > delivery.lease_expires:
+            # START or the wait for a thread took longer than the lease allowed for: sent now,
+            # it could outlast the lease while another dispatcher sends it too. Not sent; the
+            # row is released at once (its attempt is counted, with this error).
+            logger.warning("notification=%s: lease too close to expiry when a thread was free; not sent, released",
+                           delivery.notification_id)
+            return store.Outcome(delivery, "retrying", error="not sent: the lease would have run out during the send")
         try:
             provider_id = channel.send(delivery.message)
             outcome = store.Outcome(delivery, "sent", provider_message_id=provider_id or "")
@@ -256,10 +286,16 @@ class Dispatcher:
         except Exception as exc:  # a bug in a channel must not stop the dispatcher
             logger.exception("notification=%s channel=%s: unexpected error in send", delivery.notification_id, delivery.channel)
             outcome = self._transient(delivery, f"unexpected {type(exc).__name__}: {exc}", None)
+        elapsed = time.monotonic() - started
+        metrics.observe_attempt(delivery.channel, outcome.status, elapsed)
+        fields = {"notification_id": str(delivery.notification_id), "channel": delivery.channel,
+                  "attempt": delivery.attempt, "outcome": outcome.status, "duration_ms": round(elapsed * 1000, 1)}
+        if outcome.error:
+            fields["error"] = outcome.error
         logger.info(
             "delivery notification=%s channel=%s attempt=%d outcome=%s duration_ms=%.1f%s",
             delivery.notification_id, delivery.channel, delivery.attempt, outcome.status,
-            (time.monotonic() - started) * 1000, f" error={outcome.error!r}" if outcome.error else "",
+            elapsed * 1000, f" error={outcome.error!r}" if outcome.error else "", extra=fields,
         )
         return outcome
 

@@ -5,6 +5,7 @@ lease, and deleted when the notification is sent or has failed for good. The tab
 small as the backlog, so the claim's index scan stays short.
 """
 
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 
 
@@ -37,3 +38,32 @@ class OutboxEntry(models.Model):
 
     def __str__(self) -> str:
         return f"outbox {self.id} for {self.notification_id}"
+
+
+class Dispatcher(models.Model):
+    """A dispatcher process, as its heartbeats describe it (outbox/heartbeat.py).
+
+    Each process upserts its row every OUTBOX_HEARTBEAT_SECONDS with its counters, and sets
+    `stopped_at` when it stops gracefully. A row whose heartbeats stopped without `stopped_at`
+    is a process that died (or lost the database): the admin shows it as gone.
+    `last_heartbeat_at` is the database's clock, so that hosts with skewed clocks compare alike.
+    """
+
+    id = models.CharField(primary_key=True, max_length=255)  # host:pid:random, as in leases and history
+    host = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    channels = ArrayField(models.CharField(max_length=100), default=list)
+    started_at = models.DateTimeField()
+    last_heartbeat_at = models.DateTimeField(db_default=models.functions.Now())
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    in_flight = models.PositiveIntegerField(default=0)
+    sent = models.BigIntegerField(default=0)
+    failed = models.BigIntegerField(default=0)
+    retried = models.BigIntegerField(default=0)
+
+    class Meta:
+        db_table = "dispatcher"
+        indexes = [models.Index(fields=["last_heartbeat_at"], name="dispatcher_heartbeat_idx")]
+
+    def __str__(self) -> str:
+        return self.id

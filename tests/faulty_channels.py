@@ -1,6 +1,7 @@
 """Channel backends for dispatcher tests, configured through a channels file like any other."""
 
 from channels.base import Channel, Message
+from channels.errors import TransientChannelError
 
 
 class ExplodingChannel(Channel):
@@ -17,3 +18,23 @@ class ExplodingChannel(Channel):
         if message.attempt <= self.explode_attempts:
             raise KeyError("bug in channel code")
         return "exploding-ok"
+
+
+class LeakyChannel(Channel):
+    """A backend whose provider library puts credentials in its errors: attempt 1 raises an
+    unexpected exception quoting the request's Authorization header, attempt 2 a transient
+    error quoting the token; then it succeeds. The logs must show neither (test_logging)."""
+
+    kind = "test"
+    send_timeout = 1.0
+
+    def __init__(self, name: str, *, api_token: str):
+        super().__init__(name)
+        self.api_token = api_token
+
+    def send(self, message: Message) -> str:
+        if message.attempt == 1:
+            raise RuntimeError(f"HTTP 500 for POST with headers {{'Authorization': 'Bearer {self.api_token}'}}")
+        if message.attempt == 2:
+            raise TransientChannelError(f"provider rejected token={self.api_token}: try again")
+        return "leaky-ok"

@@ -31,6 +31,11 @@ class Command(BaseCommand):
                             help="how long a claim holds its rows (default OUTBOX_LEASE_SECONDS)")
         parser.add_argument("--poll-interval", type=float, default=conf["POLL_INTERVAL_SECONDS"],
                             help="seconds between looks for due work without a notification")
+        parser.add_argument("--metrics-port", type=int, default=settings.DISPATCHER_METRICS_PORT,
+                            help="serve the dispatcher processes' Prometheus metrics on this port, at /metrics "
+                                 "(default DISPATCHER_METRICS_PORT; not served if unset)")
+        parser.add_argument("--metrics-addr", default=settings.DISPATCHER_METRICS_ADDR,
+                            help="address of the metrics port (default DISPATCHER_METRICS_ADDR or 0.0.0.0)")
 
     def handle(self, *args, **options):
         configured = all_channels()
@@ -45,6 +50,8 @@ class Command(BaseCommand):
         for name in ("processes", "threads", "batch_size"):
             if options[name] < 1:
                 raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
+        if options["metrics_port"] is not None and not 0 < options["metrics_port"] < 65536:
+            raise CommandError("--metrics-port must be between 1 and 65535")
         slowest = max(channels.values(), key=lambda c: c.send_timeout)
         if slowest.send_timeout >= options["lease_seconds"]:
             raise CommandError(
@@ -66,6 +73,14 @@ class Command(BaseCommand):
             return dispatcher.run()
 
         supervisor = Supervisor(
-            processes=options["processes"], target=run_one, graceful_timeout=options["lease_seconds"]
+            processes=options["processes"], target=run_one, graceful_timeout=options["lease_seconds"],
+            metrics_port=options["metrics_port"], metrics_addr=options["metrics_addr"],
         )
+        if options["metrics_port"]:
+            try:
+                supervisor.serve_metrics()
+            except OSError as exc:  # the port is taken, or the address is not this host's
+                raise CommandError(
+                    f"cannot serve metrics on {options['metrics_addr']}:{options['metrics_port']}: {exc}"
+                ) from None
         raise SystemExit(supervisor.run())

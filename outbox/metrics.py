@@ -1,0 +1,159 @@
+"""Prometheus metrics of the delivery side, and the outbox gauges of the API's /metrics.
+
+Dispatcher processes count their attempts here (Dispatcher._attempt -> observe_attempt):
+
+    deliveries_total{channel, outcome}     attempts by outcome: sent, retrying, failed
+    send_duration_seconds{channel}         histogram of channel.send() durations
+    retries_total{channel}                 attempts that ended in a scheduled retry
+
+Dispatchers are forked children of a supervisor, and the API runs in gunicorn workers, so the
+counters use prometheus_client's multiprocess mode: each process writes its values to files
+in PROMETHEUS_MULTIPROC_DIR and whoever serves /metrics adds them up (MultiProcessCollector).
+prometheus_client decides between in-memory and file-backed values when a metric is built,
+from the environment (when prometheus_client is imported, which Django's app loading does),
+so the dispatcher metrics are built on first use, in the child, after the supervisor has
+chosen the directory (use_multiprocess_dir).
+
+OutboxCollector computes outbox_pending and outbox_oldest_due_age_seconds at scrape time with
+one query; the API's /metrics adds it to what the processes wrote.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from django.db import DatabaseError, InterfaceError, connection
+
+logger = logging.getLogger("outbox.metrics")
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# Providers are network calls: from milliseconds to the send timeout (10 s by default).
+SEND_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def multiprocess_dir() -> str | None:
+    """The multiprocess directory of this process, or None (metrics live in memory)."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def use_multiprocess_dir(path: str) -> None:
+    """Make metrics built from now on in this process (and its future children) file-backed in
+    `path`. prometheus_client reads the variable once, when it is imported (already done by
+    then: Django's app loading imports notifications.metrics), so its choice is made again here.
+    Metrics built before this call stay in memory."""
+    os.makedirs(path, exist_ok=True)
+    os.environ[MULTIPROC_ENV] = path
+    from prometheus_client import values
+
+    values.ValueClass = values.get_value_class()
+
+
+def mark_process_dead(pid: int) -> None:
+    """Bookkeeping for a process of the multiprocess directory that exited (supervisor, gunicorn)."""
+    path = multiprocess_dir()
+    if not path:
+        return
+    from prometheus_client import multiprocess
+
+    try:
+        multiprocess.mark_process_dead(pid, path)
+    except OSError as exc:  # never let bookkeeping break the reaper
+        logger.warning("could not mark process %d dead in %s (%s)", pid, path, exc)
+
+
+def multiprocess_registry(path: str | None = None):
+    """A registry that adds up the values of every process of the multiprocess directory."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=path or multiprocess_dir())
+    return registry
+
+
+# --- dispatcher metrics ---------------------------------------------------------------------------
+
+
+class _DispatcherMetrics:
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Histogram
+
+        self.deliveries = Counter(
+            "deliveries", "Delivery attempts by channel and outcome (sent, retrying, failed).", ["channel", "outcome"]
+        )
+        self.send_duration = Histogram(
+            "send_duration_seconds", "Duration of channel sends (the provider call), by channel.", ["channel"],
+            buckets=SEND_DURATION_BUCKETS,
+        )
+        self.retries = Counter("retries", "Delivery attempts that ended in a scheduled retry, by channel.", ["channel"])
+
+
+_metrics: _DispatcherMetrics | None = None
+_metrics_lock = threading.Lock()
+
+
+def _dispatcher_metrics() -> _DispatcherMetrics:
+    global _metrics
+    if _metrics is None:
+        with _metrics_lock:
+            if _metrics is None:
+                _metrics = _DispatcherMetrics()
+    return _metrics
+
+
+def observe_attempt(channel: str, outcome: str, seconds: float) -> None:
+    """Count one delivery attempt and its send duration (outcome: sent, retrying or failed)."""
+    metrics = _dispatcher_metrics()
+    metrics.deliveries.labels(channel=channel, outcome=outcome).inc()
+    metrics.send_duration.labels(channel=channel).observe(seconds)
+    if outcome == "retrying":
+        metrics.retries.labels(channel=channel).inc()
+
+
+# --- outbox gauges, computed at scrape time -------------------------------------------------------
+
+# One pass over the outbox, which holds pending work only and stays as small as the backlog.
+# Rows leased to a dispatcher have run_at at their lease's end, so they are not due until the
+# lease expires; scheduled rows are not due before their send_at. "Due" is the claim's own
+# test (outbox/sql.py, CLAIM): run_at <= statement_timestamp().
+OUTBOX_GAUGES_SQL = """
+SELECT count(*),
+       COALESCE(EXTRACT(EPOCH FROM statement_timestamp()
+                                   - min(run_at) FILTER (WHERE run_at <= statement_timestamp())), 0)::float8
+FROM outbox
+"""
+
+
+class OutboxCollector:
+    """outbox_pending and outbox_oldest_due_age_seconds, queried when scraped. If the database
+    does not answer, the two gauges are left out of that scrape (and /readyz answers 503)."""
+
+    def describe(self):
+        return self._families(None, None)
+
+    def collect(self):
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(OUTBOX_GAUGES_SQL)
+                pending, oldest_age = cursor.fetchone()
+        except (DatabaseError, InterfaceError) as exc:
+            logger.warning("metrics: outbox gauges unavailable (%s)", exc)
+            return []
+        return self._families(pending, max(0.0, float(oldest_age)))
+
+    @staticmethod
+    def _families(pending, oldest_age):
+        from prometheus_client.core import GaugeMetricFamily
+
+        families = [
+            GaugeMetricFamily("outbox_pending", "Notifications waiting in the outbox (due, scheduled or being sent)."),
+            GaugeMetricFamily("outbox_oldest_due_age_seconds",
+                              "Seconds since the oldest due outbox row became due (0 if none is due)."),
+        ]
+        if pending is not None:
+            families[0].add_metric([], pending)
+            families[1].add_metric([], oldest_age)
+        return families
