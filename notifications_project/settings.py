@@ -76,6 +76,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "notifications_project.views.ProbesMiddleware",  # probes answer whatever the Host header
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "notifications.middleware.RequestBodyLimitMiddleware",

@@ -89,3 +89,20 @@ def metrics(request):
     encode, content_type = choose_encoder(request.headers.get("Accept", ""))
     body = encode(_Collectors(processes, outbox_metrics.OutboxCollector()))
     return HttpResponse(body, content_type=content_type)
+
+
+class ProbesMiddleware:
+    """Answer /healthz, /readyz and /metrics before Django's host check.
+
+    Load balancers, orchestrators and Prometheus reach each API process by its address, which
+    is not in ALLOWED_HOSTS (nor should it be); the probes serve no content a forged Host
+    header could poison. First in MIDDLEWARE.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        self.probes = {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics}
+
+    def __call__(self, request):
+        probe = self.probes.get(request.path)
+        return probe(request) if probe is not None else self.get_response(request)

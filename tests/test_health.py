@@ -54,3 +54,10 @@ def test_readyz_is_503_while_the_database_is_unreachable(transactional_db, clien
         connection.close()
         settings_dict.update(saved)
     assert client.get("/readyz").status_code == 200  # and it recovers with the database
+
+
+def test_probes_answer_a_host_that_is_not_allowed(client, db):
+    # A load balancer or Prometheus connects by IP address, which ALLOWED_HOSTS does not list.
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert client.get(path, HTTP_HOST="10.1.2.3:8000").status_code == 200, path
+    assert client.get("/api/v1/channels", HTTP_HOST="10.1.2.3:8000").status_code == 400
