@@ -13,9 +13,10 @@ class ChannelsConfig(AppConfig):
 
 def check_channels(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
     """`manage.py check` (and every command that runs checks) fails on a broken channel."""
+    from django.conf import settings
+
     from .errors import ChannelConfigurationError
     from .registry import build_channels
-    from django.conf import settings
 
     problems = []
     for name, entry in settings.NOTIFICATION_CHANNELS.items():  # each one, to report them all

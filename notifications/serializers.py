@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-
 from datetime import timedelta
 
 from django.conf import settings
@@ -11,7 +10,6 @@ from django.utils import timezone
 from rest_framework import serializers
 
 from channels.registry import all_channels
-
 from outbox.store import NewNotification
 
 from . import services

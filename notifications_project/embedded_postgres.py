@@ -47,8 +47,8 @@ def is_running(data_dir: Path = DATA_DIR) -> bool:
 
 def ensure_running(data_dir: Path = DATA_DIR) -> EmbeddedServer:
     """Start the embedded server unless it runs already; create the project's database."""
-    import psycopg
     import pgserver
+    import psycopg
     from pgserver.postgres_server import PostgresServer
 
     data_dir.parent.mkdir(parents=True, exist_ok=True)

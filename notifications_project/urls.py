@@ -6,7 +6,6 @@ from notifications.api_errors import error_response
 
 from . import views
 
-
 urlpatterns = [
     path("api/v1/", include("notifications.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import json
 import threading
-from contextlib import nullcontext
 import time
 import uuid
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Iterable, Sequence

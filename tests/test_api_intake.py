@@ -9,10 +9,11 @@ from datetime import datetime
 import pytest
 from django.conf import settings
 from django.db import connection
-from .conftest import make_api_client
 
 from notifications.models import Notification, NotificationEvent
 from outbox.models import OutboxEntry
+
+from .conftest import make_api_client
 
 URL = "/api/v1/notifications"
 KNOWN_CHANNELS = ["email-log", "fake", "slack-log", "sms-log"]

@@ -6,10 +6,11 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from .conftest import make_api_client, tenant
 
 from notifications import services
 from notifications.models import Notification, NotificationEvent
+
+from .conftest import make_api_client, tenant
 
 URL = "/api/v1/notifications"
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc)

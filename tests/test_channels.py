@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 from django.conf import settings
 from django.test import override_settings
-from .conftest import make_api_client
 
 from channels import registry
 from channels.apps import check_channels
@@ -22,6 +21,8 @@ from channels.errors import (
 from channels.validation import validate_email_message, validate_slack_message, validate_sms_message
 from notifications.models import Notification
 from outbox.models import OutboxEntry
+
+from .conftest import make_api_client
 
 
 def msg(recipient="x", body="hi", subject="", attempt=1) -> Message:

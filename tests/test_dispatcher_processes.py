@@ -6,9 +6,6 @@ import signal
 import time
 from collections import Counter
 
-import pytest
-from django.db.models import Count
-
 from notifications.models import Notification, NotificationEvent
 from outbox.models import OutboxEntry
 

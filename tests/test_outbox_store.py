@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
 from django.db import connection, connections
 
 from notifications.models import Notification, NotificationEvent

@@ -36,7 +36,6 @@ Message-ID header generated here.
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import smtplib
 import socket
@@ -136,7 +135,7 @@ class EmailChannel(Channel):
 
     def validate(self, message: Message) -> Message:
         message = validate_email_message(message)
-        override = _metadata(message).get("from_email")
+        override = message.metadata.get("from_email")
         if override is not None:
             if not self.allow_from_override:
                 raise InvalidMessage("metadata", f"from_email may not be set for channel {self.name!r}")
@@ -178,7 +177,7 @@ class EmailChannel(Channel):
 
     def _build(self, message: Message, connection: BaseEmailBackend) -> EmailMessage:
         from_email = self.from_email
-        override = _metadata(message).get("from_email")
+        override = message.metadata.get("from_email")
         if self.allow_from_override and isinstance(override, str):
             from_email = override
         headers = {}
@@ -297,17 +296,6 @@ def _import_backend(name: str, path: str) -> type[BaseEmailBackend]:
     if not (isinstance(backend, type) and issubclass(backend, BaseEmailBackend)):
         raise ChannelConfigurationError(f"channel {name!r}: {path!r} is not a Django email backend")
     return backend
-
-
-def _metadata(message: Message) -> dict[str, Any]:
-    """The message's metadata as a dict (a JSON object given as text is decoded)."""
-    metadata = message.metadata
-    if isinstance(metadata, (str, bytes)):
-        try:
-            metadata = json.loads(metadata)
-        except ValueError:
-            metadata = None
-    return metadata if isinstance(metadata, dict) else {}
 
 
 def _positive_number(value: object) -> bool:

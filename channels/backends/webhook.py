@@ -57,7 +57,13 @@ from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConn
 from urllib3.util import connection as urllib3_connection
 
 from ..base import Channel, Message
-from ..errors import ChannelConfigurationError, ChannelError, InvalidMessage, PermanentChannelError, TransientChannelError
+from ..errors import (
+    ChannelConfigurationError,
+    ChannelError,
+    InvalidMessage,
+    PermanentChannelError,
+    TransientChannelError,
+)
 from ..retry_after import parse_retry_after
 
 SIGNATURE_HEADER = "X-Notify-Signature"
@@ -131,7 +137,7 @@ class WebhookChannel(Channel):
                 "to": message.recipient,
                 "subject": message.subject,
                 "message": message.body,
-                "metadata": _metadata(message),
+                "metadata": message.metadata,
                 "attempt": message.attempt,
                 "sent_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             },
@@ -221,17 +227,6 @@ class WebhookChannel(Channel):
             "targets": sorted(self.targets),
             "allow_any_url": self.allow_any_url,
         }
-
-
-def _metadata(message: Message) -> dict[str, Any]:
-    """The message's metadata as a dict (a JSON object given as text is decoded)."""
-    metadata = message.metadata
-    if isinstance(metadata, (str, bytes)):
-        try:
-            metadata = json.loads(metadata)
-        except ValueError:
-            metadata = None
-    return metadata if isinstance(metadata, dict) else {}
 
 
 def _read_start(response: requests.Response) -> bytes:

@@ -2,7 +2,6 @@
 housekeeping jobs (idempotent; `migrate` has already created them once)."""
 
 from django.core.management.base import BaseCommand
-
 from django_q.models import Schedule
 
 from notifications.housekeeping import SCHEDULES, ensure_schedules
