@@ -184,11 +184,12 @@ class Dispatcher:
     def _start_ready(self, pool: ThreadPoolExecutor) -> bool:
         """START as many ready rows as the pool can take soon, and hand them to it."""
         room = self.max_started - self._in_flight
-        group, held = [], []
+        group, held, too_late = [], [], []
         for _ in range(min(room, len(self._ready))):
             delivery = self._ready.popleft()
             if not self._lease_allows_send(delivery):
-                continue  # left for the next claim
+                too_late.append(delivery)
+                continue
             # Beyond the free threads, a started send waits in the pool's queue, up to one
             # send's time, before it runs: its lease must cover the wait too. If it cannot, it
             # stays here, unstarted, until a thread is free.
@@ -198,8 +199,10 @@ class Dispatcher:
             group.append(delivery)
         self._ready.extendleft(reversed(held))
         self._held = bool(held)
+        if too_late:  # given back at once, rather than left leased until the lease ends
+            store.release(too_late)
         if not group:
-            return False
+            return bool(too_late)
         try:
             startable = store.start(group, dispatcher=self.id)
         except BaseException:
@@ -224,7 +227,7 @@ class Dispatcher:
             return True
         if queued:
             return False
-        logger.warning("notification=%s: lease too close to expiry to send; left for the next claim",
+        logger.warning("notification=%s: lease too close to expiry to send; released for the next claim",
                        delivery.notification_id)
         return False
 

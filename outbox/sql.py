@@ -141,7 +141,7 @@ WITH input AS (
     SELECT * FROM unnest(%(outbox_ids)s::bigint[], %(lease_tokens)s::uuid[])
                   AS t(outbox_id, lease_token)
 ), held AS (
-    SELECT o.id, o.notification_id, input.lease_token,
+    SELECT o.id, o.notification_id, input.lease_token, o.sending AS already_started,
            n.expires_at IS NOT NULL AND n.expires_at <= statement_timestamp() AS expired
     FROM input
     JOIN outbox o ON o.id = input.outbox_id AND o.lease_token = input.lease_token
@@ -153,11 +153,13 @@ WITH input AS (
     SET sending = true, attempts = o.attempts + 1
     FROM held
     WHERE o.id = held.id AND o.lease_token = held.lease_token AND NOT held.expired
+      AND NOT o.sending
     RETURNING o.id, o.notification_id, o.attempts
 ), expired AS (
     DELETE FROM outbox o
     USING held
     WHERE o.id = held.id AND o.lease_token = held.lease_token AND held.expired
+      AND NOT o.sending
     RETURNING o.notification_id
 ), mark_sending AS (
     UPDATE notification n
@@ -176,7 +178,11 @@ WITH input AS (
            'expires_at passed before it could be sent', statement_timestamp()
     FROM expired
 )
+-- A repeated START (its first answer was lost with the connection) finds its rows already
+-- sending under its own lease: they are returned again, without counting another attempt.
 SELECT id FROM started
+UNION ALL
+SELECT id FROM held WHERE already_started
 """
 
 # Final outcomes ('sent' or 'failed'), one row each: the outbox row goes, the notification

@@ -134,3 +134,23 @@ def test_concurrent_claimers_never_share_a_row(transactional_db):
     every = [outbox_id for mine in claimed for outbox_id in mine]
     assert len(every) == 600 and len(set(every)) == 600
     assert sum(1 for mine in claimed if mine) >= 2  # the work really was shared
+
+
+def test_a_repeated_start_sends_again_without_counting_another_attempt(db):
+    # START committed but its answer was lost: the dispatcher runs it again.
+    (nid,) = enqueue(1)
+    deliveries = store.claim(dispatcher="d1", limit=1, lease_seconds=60, channels=["fake"])
+    first = store.start(deliveries, dispatcher="d1")
+    again = store.start(deliveries, dispatcher="d1")
+    assert first == again == {deliveries[0].outbox_id}
+    assert OutboxEntry.objects.get().attempts == 1
+    assert Notification.objects.get(pk=nid).attempts == 1
+
+
+def test_rows_too_late_to_send_are_released_not_left_leased(db):
+    enqueue(1)
+    (delivery,) = store.claim(dispatcher="d1", limit=1, lease_seconds=60, channels=["fake"])
+    store.release([delivery])
+    entry = OutboxEntry.objects.get()
+    assert (entry.locked_by, entry.lease_token, entry.sending) == (None, None, False)
+    assert len(store.claim(dispatcher="d2", limit=1, lease_seconds=60, channels=["fake"])) == 1
