@@ -132,8 +132,15 @@ else:
     }
 _db.setdefault("OPTIONS", {})
 _db["OPTIONS"].setdefault("connect_timeout", int(env_float("DATABASE_CONNECT_TIMEOUT", 5)))
+# Server-side parameters: psycopg prepares a statement once a connection has run it a few
+# times, so the delivery path's large statements (outbox/sql.py) are planned once per connection.
+_db["OPTIONS"].setdefault("server_side_binding", True)
 _db["CONN_MAX_AGE"] = None
-_db["CONN_HEALTH_CHECKS"] = True
+# No health check (a `SELECT 1` round trip) before each request's first query: after a
+# database restart, a worker's first request answers 503 and its broken connection is
+# dropped at the request's end, so the next request reconnects. Set 1 to trade that one
+# 503 per worker for a round trip on every request.
+_db["CONN_HEALTH_CHECKS"] = env_bool("DATABASE_CONN_HEALTH_CHECKS", False)
 _db["TEST"] = {"NAME": os.environ.get("DATABASE_TEST_NAME") or f"test_{_db['NAME']}"}
 DATABASES = {"default": _db}
 
@@ -220,7 +227,7 @@ OUTBOX = {
     "MAX_ATTEMPTS": int(env_float("OUTBOX_MAX_ATTEMPTS", 10)),
     # An API process sends at most one NOTIFY per this many milliseconds (NOTIFY serialises
     # commits on a global lock); dispatchers look once more after this window.
-    "NOTIFY_DEBOUNCE_MS": env_float("OUTBOX_NOTIFY_DEBOUNCE_MS", 10),
+    "NOTIFY_DEBOUNCE_MS": env_float("OUTBOX_NOTIFY_DEBOUNCE_MS", 25),
 }
 
 # --- Logging --------------------------------------------------------------------------------

@@ -13,8 +13,8 @@ class OutboxEntry(models.Model):
     """Pending delivery of one notification.
 
     `run_at` is when the row is next claimable: now for new work, the backoff time for a retry,
-    and the lease's end while a dispatcher holds it. One ordered index on (priority, run_at)
-    therefore serves new work, due retries and expired leases alike (see outbox/sql.py, CLAIM).
+    and the lease's end while a dispatcher holds it. One ordered index on (channel, priority,
+    run_at) therefore serves new work, due retries and expired leases alike (outbox/sql.py, CLAIM).
     """
 
     notification = models.OneToOneField("notifications.Notification", on_delete=models.CASCADE, related_name="+")
@@ -34,7 +34,9 @@ class OutboxEntry(models.Model):
     class Meta:
         db_table = "outbox"
         verbose_name_plural = "outbox"
-        indexes = [models.Index(fields=["priority", "run_at", "id"], name="outbox_claim_idx")]
+        # Led by the channel, so that a backlog on one channel costs nothing to a claim for
+        # another (a dispatcher serving other channels would otherwise scan past it).
+        indexes = [models.Index(fields=["channel", "priority", "run_at", "id"], name="outbox_claim_idx")]
 
     def __str__(self) -> str:
         return f"outbox {self.id} for {self.notification_id}"

@@ -76,10 +76,13 @@ WHERE client_id = %(client_id)s AND key = %(key)s
 """
 
 # Claim: lease up to %(limit)s due rows to one dispatcher, highest priority first.
-# - Index outbox_claim_idx (priority, run_at, id): for each priority in turn, an ordered
-#   range scan of `run_at <= now` that stops as soon as %(limit)s rows are found (the LATERAL
-#   join visits priorities in order and the outer LIMIT stops it). run_at is the lease's end
-#   while a row is leased, so expired leases of crashed dispatchers are simply due again.
+# - Index outbox_claim_idx (channel, priority, run_at, id): for each (priority, channel) pair,
+#   in the order the caller gives (priorities in order; channels shuffled per claim, so that
+#   none is starved), an ordered range scan of `run_at <= now` that stops as soon as
+#   %(limit)s rows are found (the LATERAL join visits the pairs in order, the outer LIMIT
+#   stops it). run_at is the lease's end while a row is leased, so expired leases of crashed
+#   dispatchers are simply due again. A backlog on one channel is never read by a claim for
+#   another.
 # - FOR UPDATE SKIP LOCKED: concurrent claimers skip each other's rows instead of waiting;
 #   each row goes to exactly one of them.
 # - lease_token fences everything the holder does next (START, FINISH, RETRY).
@@ -89,13 +92,13 @@ WHERE client_id = %(client_id)s AND key = %(key)s
 CLAIM = """
 WITH due AS (
     SELECT o.id, o.locked_by AS expired_holder, o.sending AS was_sending
-    FROM (VALUES (0), (1), (2)) AS p(priority)
+    FROM unnest(%(priorities)s::smallint[], %(channels)s::text[]) AS pair(priority, channel)
     CROSS JOIN LATERAL (
         SELECT id, locked_by, sending
         FROM outbox
-        WHERE priority = p.priority
+        WHERE channel = pair.channel
+          AND priority = pair.priority
           AND run_at <= statement_timestamp()
-          AND channel = ANY(%(channels)s::text[])
         ORDER BY run_at, id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED

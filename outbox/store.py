@@ -5,6 +5,7 @@ and resend (API and admin)."""
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 import uuid
@@ -20,6 +21,9 @@ from psycopg.types.json import Jsonb
 from channels.base import Message
 
 from . import sql
+
+
+PRIORITIES = (0, 1, 2)  # high, normal, low: notifications.models.Priority
 
 
 @dataclass(frozen=True)
@@ -135,11 +139,14 @@ def claim(*, dispatcher: str, limit: int, lease_seconds: float, channels: Iterab
     """Lease up to `limit` due rows of `channels` to `dispatcher` and return them."""
     token = uuid.uuid4()
     started = time.monotonic()
+    # Every (priority, channel) pair, priorities first; channels in a new order each time.
+    channel_order = random.sample(list(channels), len(channels))
+    pairs = [(priority, channel) for priority in PRIORITIES for channel in channel_order]
     with connection.cursor() as cursor:
         cursor.execute(
             sql.CLAIM,
-            {"channels": list(channels), "limit": limit, "dispatcher": dispatcher,
-             "lease_token": token, "lease_seconds": lease_seconds},
+            {"priorities": [p for p, _ in pairs], "channels": [c for _, c in pairs], "limit": limit,
+             "dispatcher": dispatcher, "lease_token": token, "lease_seconds": lease_seconds},
         )
         rows = cursor.fetchall()
     # The lease is measured from before the statement ran, so the local deadline errs early.
