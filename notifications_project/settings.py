@@ -132,9 +132,13 @@ else:
     }
 _db.setdefault("OPTIONS", {})
 _db["OPTIONS"].setdefault("connect_timeout", int(env_float("DATABASE_CONNECT_TIMEOUT", 5)))
-# Server-side parameters: psycopg prepares a statement once a connection has run it a few
-# times, so the delivery path's large statements (outbox/sql.py) are planned once per connection.
+# Server-side parameters and prepared statements: psycopg prepares a statement once a
+# connection has run it 5 times, so the delivery path's large statements (outbox/sql.py) are
+# parsed and planned once per connection. Behind a transaction-mode pooler (which cannot keep
+# prepared statements) set DATABASE_PREPARE_THRESHOLD=off.
 _db["OPTIONS"].setdefault("server_side_binding", True)
+_prepare = os.environ.get("DATABASE_PREPARE_THRESHOLD", "5").strip().lower()
+_db["OPTIONS"].setdefault("prepare_threshold", None if _prepare in {"off", "none", ""} else int(_prepare))
 _db["CONN_MAX_AGE"] = None
 # No health check (a `SELECT 1` round trip) before each request's first query: after a
 # database restart, a worker's first request answers 503 and its broken connection is
