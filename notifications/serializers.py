@@ -13,7 +13,7 @@ from channels.registry import all_channels
 from outbox.store import NewNotification
 
 from . import services
-from .models import Notification, NotificationEvent, Priority, Status
+from .models import Priority, Status
 
 # A send_at this little in the past (client clocks drift) means "now".
 SEND_AT_TOLERANCE = timedelta(minutes=5)

@@ -22,7 +22,6 @@ from channels.base import Message
 
 from . import sql
 
-
 PRIORITIES = (0, 1, 2)  # high, normal, low: notifications.models.Priority
 
 
