@@ -6,6 +6,7 @@ import threading
 import time
 
 from django.db import connection, connections
+from django.test.utils import CaptureQueriesContext
 
 from notifications.models import Notification, NotificationEvent
 from outbox import store
@@ -154,3 +155,23 @@ def test_rows_too_late_to_send_are_released_not_left_leased(db):
     entry = OutboxEntry.objects.get()
     assert (entry.locked_by, entry.lease_token, entry.sending) == (None, None, False)
     assert len(store.claim(dispatcher="d2", limit=1, lease_seconds=60, channels=["fake"])) == 1
+
+
+def test_the_delivery_path_costs_one_statement_per_step_whatever_the_batch(db, django_assert_num_queries):
+    # Guards the claim path's round trips: a claim, a START and a record are one statement each
+    # for a batch of any size (two records in one transaction when outcomes are mixed).
+    enqueue(50)
+    with django_assert_num_queries(1):
+        deliveries = store.claim(dispatcher="d1", limit=50, lease_seconds=60, channels=["fake"])
+    assert len(deliveries) == 50
+    with django_assert_num_queries(1):
+        assert len(store.start(deliveries, dispatcher="d1")) == 50
+    with django_assert_num_queries(1):
+        store.record_outcomes([store.Outcome(d, "sent", provider_message_id="p") for d in deliveries[:40]], dispatcher="d1")
+    mixed = [store.Outcome(deliveries[40], "failed", error="x")] + [
+        store.Outcome(d, "retrying", error="y", retry_delay=5) for d in deliveries[41:]
+    ]
+    with CaptureQueriesContext(connection) as captured:
+        assert store.record_outcomes(mixed, dispatcher="d1") == 10
+    statements = [q["sql"] for q in captured.captured_queries if not q["sql"].startswith(("SAVEPOINT", "RELEASE"))]
+    assert len(statements) == 2  # FINISH and RETRY (in one transaction: here a savepoint)
