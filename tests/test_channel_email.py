@@ -19,8 +19,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from typing import Callable
 
 import pytest
@@ -28,34 +27,30 @@ from aiosmtpd.controller import Controller
 
 from channels.backends.email import EmailChannel
 from channels.base import Message
-from channels.config import load_channels_file
 from channels.errors import ChannelConfigurationError, InvalidMessage, PermanentChannelError, TransientChannelError
-from channels.registry import build_channels
-from notifications.ids import new_notification_id
-from notifications.models import Notification, NotificationEvent
-from outbox import store
+from notifications.models import Notification
 
-from .conftest import tenant, wait_until
+from .provider_standins import (
+    HTTPStandIn,
+    Reply,
+    build_from_toml,
+    enqueue_one,
+    failure,
+    fast_retries,
+    free_port,
+    history,
+    one_channel_toml,
+    start_dispatcher,
+    wait_until_settled,
+)
 
 SMTP_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
 BREVO_BACKEND = "anymail.backends.brevo.EmailBackend"
 BREVO_KEY = "xkeysib-test-key"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def msg(to: str, body: str = "Your code is 123456", subject: str = "Sign-in code", **kwargs) -> Message:
     return Message(recipient=to, body=body, subject=subject, notification_id=kwargs.pop("notification_id", str(uuid.uuid4())), **kwargs)
-
-
-def failure(channel, message, kind):
-    with pytest.raises(kind) as caught:
-        channel.send(message)
-    return caught.value
 
 
 # --- an SMTP server (aiosmtpd) -------------------------------------------------------------------
@@ -238,75 +233,18 @@ class Request:
         return json.loads(self.body)
 
 
-@dataclass
-class Reply:
-    status: int
-    body: object = None  # dict/list (sent as JSON), bytes, or None
-    headers: dict[str, str] = field(default_factory=dict)
-    delay: float = 0.0
-    drop: bool = False  # close the connection without answering
-
-
-class HTTPStandIn:
-    """An HTTP server on loopback answering each request with `respond(request) -> Reply`."""
-
-    def __init__(self, respond: Callable[[Request], Reply]):
-        self.respond = respond
-        self.requests: list[Request] = []
-        stand_in = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                request = Request("POST", self.path, {k.lower(): v for k, v in self.headers.items()}, self.rfile.read(length))
-                stand_in.requests.append(request)
-                reply = stand_in.respond(request)
-                if reply.delay:
-                    time.sleep(reply.delay)
-                if reply.drop:
-                    self.close_connection = True
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                    return
-                body = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode() if reply.body is not None else b""
-                self.send_response(reply.status)
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                for name, value in reply.headers.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-
-            def handle_error(self, request, client_address):
-                pass  # a client that gave up on a slow answer: expected here
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=2)
-
-
 class BrevoStandIn(HTTPStandIn):
     """Answers as POST /v3/smtp/email does; what it answers depends on the recipient's local part."""
 
+    protocol_version = "HTTP/1.1"
+    json_content_type = text_content_type = "application/json; charset=utf-8"
+
     def __init__(self):
         self.seen: dict[str, int] = {}
-        super().__init__(self.answer)
+        super().__init__()
+
+    def parse(self, path, headers, raw) -> Request:
+        return Request("POST", path, {k.lower(): v for k, v in headers.items()}, raw)
 
     def answer(self, request: Request) -> Reply:
         if request.path != "/v3/smtp/email":
@@ -344,7 +282,7 @@ def brevo():
         yield stand_in
 
 
-def brevo_channel(stand_in: HTTPStandIn, api_key: str = BREVO_KEY, **options) -> EmailChannel:
+def brevo_channel(stand_in: BrevoStandIn, api_key: str = BREVO_KEY, **options) -> EmailChannel:
     options.setdefault("from_email", "Notifications <notify@example.com>")
     connection = {"api_key": api_key, "api_url": f"http://127.0.0.1:{stand_in.port}/v3/"}
     return EmailChannel("email", backend=BREVO_BACKEND, connection=connection, **options)
@@ -416,8 +354,7 @@ class TestBrevo:
 
 class TestConfiguration:
     def build(self, channels_file, options: str) -> dict:
-        path = channels_file(f'[channels.email]\nbackend = "channels.backends.email.EmailChannel"\n[channels.email.options]\n{options}\n')
-        return build_channels(load_channels_file(path))
+        return build_from_toml(channels_file(one_channel_toml("email", "channels.backends.email.EmailChannel", options)))
 
     def test_a_brevo_channel_from_the_channels_file(self, channels_file, monkeypatch):
         monkeypatch.setenv("BREVO_API_KEY", "xkeysib-from-env")
@@ -456,25 +393,18 @@ class TestConfiguration:
 # --- end to end: a dispatcher process sends through both email channels --------------------------
 
 
-FAST_RETRIES = {"OUTBOX_RETRY_BASE_SECONDS": "0.2", "OUTBOX_RETRY_CAP_SECONDS": "0.5", "OUTBOX_MAX_ATTEMPTS": "4"}
+FAST_RETRIES = fast_retries("0.2", "0.5", max_attempts="4")
 
 
 def enqueue(channel: str, to: str, subject: str, body: str) -> str:
-    nid = new_notification_id()
-    store.enqueue([store.NewNotification(id=nid, channel=channel, recipient=to, subject=subject, message=body)],
-                  client_id=tenant().pk)
-    return str(nid)
-
-
-def history(nid: str) -> list[NotificationEvent]:
-    return list(NotificationEvent.objects.filter(notification_id=nid).order_by("created_at", "id"))
+    return enqueue_one(channel, to, body, subject=subject)
 
 
 def test_a_dispatcher_sends_through_smtp_and_brevo_and_records_their_message_ids(
     start_dispatchers, channels_file, smtp_server, brevo
 ):
     controller, sink = smtp_server
-    path = channels_file(
+    toml = (
         f"""
 [channels.email-local]
 backend = "channels.backends.email.EmailChannel"
@@ -496,11 +426,9 @@ connection = {{ api_key = "${{TEST_BREVO_API_KEY}}", api_url = "http://127.0.0.1
     esp = enqueue("email", "e2e-esp@example.com", "Via Brevo", "Hello over Brevo")
     flaky = enqueue("email", "flaky@example.com", "Rate limited once", "Hello again")
     rejected = enqueue("email", "invalid@example.com", "Refused", "Never sent")
-    start_dispatchers("--processes", "1", channels_file=path, env={"TEST_BREVO_API_KEY": BREVO_KEY, **FAST_RETRIES})
+    start_dispatcher(start_dispatchers, channels_file, toml, {"TEST_BREVO_API_KEY": BREVO_KEY, **FAST_RETRIES})
 
-    done = ("sent", "failed")
-    wait_until(lambda: Notification.objects.filter(pk__in=[local, esp, flaky, rejected], status__in=done).count() == 4,
-               timeout=30, message="all four settled")
+    wait_until_settled([local, esp, flaky, rejected], message="all four settled")
 
     # SMTP: the recorded id is the Message-ID the server received
     (_, _, received), = sink.by_recipient("e2e-local@example.com")

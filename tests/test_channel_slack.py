@@ -11,24 +11,27 @@ from __future__ import annotations
 
 import itertools
 import json
-import socket
-import threading
 import time
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 
 import pytest
 
 from channels.backends.slack import SlackChannel
 from channels.base import Message
-from channels.config import load_channels_file
 from channels.errors import ChannelConfigurationError, InvalidMessage, PermanentChannelError, TransientChannelError
-from channels.registry import build_channels
-from notifications.ids import new_notification_id
-from notifications.models import ApiClient, Notification, NotificationEvent
-from outbox import store
 
-from .conftest import wait_until
+from .provider_standins import (
+    Reply,
+    ScriptedStandIn,
+    build_from_toml,
+    drop_proxy_variables,
+    enqueue_one,
+    fast_retries,
+    free_port,
+    history,
+    start_dispatcher,
+    wait_for_status,
+)
 
 TOKEN = "xoxb-0000000000-test-token"
 CHANNEL_ID = "C0123ABCD"
@@ -38,14 +41,10 @@ CHANNEL_ID = "C0123ABCD"
 
 
 @dataclass
-class Answer:
+class Answer(Reply):
     """One scripted answer. The default is Slack's 200 with "ok": true and the posted message."""
 
-    status: int = 200
-    body: dict | str | None = None  # None: the posted message
-    headers: dict = field(default_factory=dict)
-    delay: float = 0.0  # answer this late
-    drop: bool = False  # close the connection without answering
+    # body None: the posted message
 
 
 def slack_error(code: str, status: int = 200, headers: dict | None = None) -> Answer:
@@ -61,32 +60,40 @@ class Received:
     json: dict
 
 
-class SlackStandIn:
+class SlackStandIn(ScriptedStandIn):
     """Answers as Slack's chat.postMessage. Scripts are per channel; unscripted posts succeed."""
 
+    json_content_type = "application/json; charset=utf-8"
+
     def __init__(self) -> None:
-        self.requests: list[Received] = []
+        super().__init__()
         self.posted: list[str] = []  # "<channel>/<ts>" of each message it posted, in order
-        self._scripts: dict[str, list[Answer]] = {}
-        self._lock = threading.Lock()
         self._ts = itertools.count(100)
-        self.release = threading.Event()  # cuts late answers short at teardown
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _SlackHandler)
-        self.server.daemon_threads = True
-        self.server.standin = self
-        self.server.handle_error = lambda request, address: None  # a client that gave up is expected
-        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/api/"
-        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.base_url = f"{self.url}/api/"
 
-    def script(self, channel: str, *answers: Answer) -> None:
-        with self._lock:
-            self._scripts.setdefault(channel, []).extend(answers)
+    def parse(self, path, headers, raw) -> Received:
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            body = {}
+        return Received(time.monotonic(), path, dict(headers), body)
 
-    def next_answer(self, received: Received) -> Answer:
-        with self._lock:
-            self.requests.append(received)
-            queue = self._scripts.get(received.json.get("channel", ""), [])
-            return queue.pop(0) if queue else Answer()
+    def script_key(self, received: Received) -> str:
+        return received.json.get("channel", "")
+
+    def default_reply(self) -> Answer:
+        return Answer()
+
+    def complete(self, received: Received, answer: Answer) -> Answer:
+        if received.path != "/api/chat.postMessage":
+            answer = slack_error("unknown_method", status=404)
+        elif received.headers.get("Authorization") != f"Bearer {TOKEN}":
+            answer = slack_error("invalid_auth")
+        elif not received.json.get("text"):
+            answer = slack_error("no_text")
+        if answer.body is None:
+            answer = Answer(answer.status, self.post(received.json), answer.headers)
+        return answer
 
     def post(self, body: dict) -> dict:
         # Slack resolves a #name to the channel's id, and answers with the id.
@@ -99,57 +106,11 @@ class SlackStandIn:
             "message": {"type": "message", "subtype": "bot_message", "text": body.get("text"), "ts": ts, "bot_id": "B0123"},
         }
 
-    def __enter__(self) -> "SlackStandIn":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(timeout=5)
-
-
-class _SlackHandler(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:
-        standin: SlackStandIn = self.server.standin
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        try:
-            body = json.loads(raw or b"{}")
-        except ValueError:
-            body = {}
-        answer = standin.next_answer(Received(time.monotonic(), self.path, dict(self.headers), body))
-        if answer.delay:
-            standin.release.wait(answer.delay)
-        if answer.drop:
-            self.connection.shutdown(socket.SHUT_RDWR)
-            self.close_connection = True
-            return
-        if self.path != "/api/chat.postMessage":
-            answer = slack_error("unknown_method", status=404)
-        elif self.headers.get("Authorization") != f"Bearer {TOKEN}":
-            answer = slack_error("invalid_auth")
-        elif not body.get("text"):
-            answer = slack_error("no_text")
-        payload_body = answer.body if answer.body is not None else standin.post(body)
-        payload = payload_body.encode() if isinstance(payload_body, str) else json.dumps(payload_body).encode()
-        self.send_response(answer.status)
-        self.send_header("Content-Type", "text/html" if isinstance(payload_body, str) else "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(payload)))
-        for name, value in answer.headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, format, *args) -> None:  # quiet
-        pass
-
 
 @pytest.fixture(autouse=True)
 def no_proxy(monkeypatch):
     """Loopback traffic only: slack-sdk routes every request through HTTP(S)_PROXY when set."""
-    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
+    drop_proxy_variables(monkeypatch)
 
 
 @pytest.fixture
@@ -273,10 +234,7 @@ def test_a_dropped_connection_is_transient_and_not_resent_by_the_sdk(slack):
 
 
 def test_no_server_listening_is_transient():
-    with socket.socket() as probe:  # a loopback port with nothing behind it
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    channel = SlackChannel("slack", token=TOKEN, base_url=f"http://127.0.0.1:{port}/api/", timeout=1)
+    channel = SlackChannel("slack", token=TOKEN, base_url=f"http://127.0.0.1:{free_port()}/api/", timeout=1)
     with pytest.raises(TransientChannelError, match="connection to Slack failed"):
         channel.send(message())
 
@@ -316,7 +274,7 @@ def test_a_missing_token_in_the_environment_names_the_channel_and_the_variable(t
     path = tmp_path / "channels.toml"
     path.write_text(SLACK_CHANNELS_TOML.format(base_url="https://slack.com/api/", timeout=10))
     with pytest.raises(ChannelConfigurationError, match="channel 'slack': environment variable.* SLACK_BOT_TOKEN"):
-        build_channels(load_channels_file(path))
+        build_from_toml(path)
 
 
 def test_describe_shows_the_limits_but_not_the_token(slack):
@@ -335,39 +293,23 @@ token = "${{SLACK_BOT_TOKEN}}"
 base_url = "{base_url}"
 timeout = {timeout}
 """
-DISPATCHER_ENV = {
-    "SLACK_BOT_TOKEN": TOKEN,
-    "OUTBOX_RETRY_BASE_SECONDS": "0.3",
-    "OUTBOX_RETRY_CAP_SECONDS": "1",
-    "OUTBOX_MAX_ATTEMPTS": "5",
-}
+DISPATCHER_ENV = {"SLACK_BOT_TOKEN": TOKEN, **fast_retries("0.3", "1", max_attempts="5")}
 
 
 def start_slack_dispatcher(start_dispatchers, channels_file, standin: SlackStandIn):
-    path = channels_file(SLACK_CHANNELS_TOML.format(base_url=standin.base_url, timeout=2))
-    return start_dispatchers("--processes", "1", "--threads", "4", channels_file=path, env=DISPATCHER_ENV)
+    toml = SLACK_CHANNELS_TOML.format(base_url=standin.base_url, timeout=2)
+    return start_dispatcher(start_dispatchers, channels_file, toml, DISPATCHER_ENV, threads=4)
 
 
 def enqueue_slack(to: str, body: str = "Deploy finished") -> str:
-    notification = store.NewNotification(id=new_notification_id(), channel="slack", recipient=to, message=body)
-    client, _ = ApiClient.objects.get_or_create(name="channel-tests")
-    store.enqueue([notification], client_id=client.pk)
-    return str(notification.id)
-
-
-def history(nid: str) -> list[NotificationEvent]:
-    return list(NotificationEvent.objects.filter(notification_id=nid).order_by("created_at", "id"))
-
-
-def status_of(nid: str) -> str:
-    return Notification.objects.get(pk=nid).status
+    return enqueue_one("slack", to, body, client="channel-tests")
 
 
 def test_e2e_a_slack_message_is_sent_and_its_ts_is_in_the_history(start_dispatchers, channels_file, slack):
     nid = enqueue_slack(CHANNEL_ID, "Hello from the outbox")
     start_slack_dispatcher(start_dispatchers, channels_file, slack)
 
-    wait_until(lambda: status_of(nid) == "sent", timeout=20, message="slack message sent")
+    wait_for_status(nid, "sent", message="slack message sent")
 
     events = history(nid)
     assert [(e.status, e.attempt) for e in events] == [("queued", 0), ("sent", 1)]
@@ -381,7 +323,7 @@ def test_e2e_a_missing_channel_is_failed_after_one_attempt(start_dispatchers, ch
     nid = enqueue_slack("C0GONE0000")
     start_slack_dispatcher(start_dispatchers, channels_file, slack)
 
-    wait_until(lambda: status_of(nid) == "failed", timeout=20, message="slack message failed")
+    wait_for_status(nid, "failed", message="slack message failed")
 
     events = history(nid)
     assert [(e.status, e.attempt) for e in events] == [("queued", 0), ("failed", 1)]
@@ -394,7 +336,7 @@ def test_e2e_ratelimited_is_retried_not_before_retry_after_then_sent(start_dispa
     nid = enqueue_slack(CHANNEL_ID)
     start_slack_dispatcher(start_dispatchers, channels_file, slack)
 
-    wait_until(lambda: status_of(nid) == "sent", timeout=20, message="slack message sent after the 429")
+    wait_for_status(nid, "sent", message="slack message sent after the 429")
 
     queued, retrying, sent = history(nid)
     assert [(e.status, e.attempt) for e in (retrying, sent)] == [("retrying", 1), ("sent", 2)]

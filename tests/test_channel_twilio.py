@@ -12,28 +12,31 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl
 
 import pytest
 
 from channels.backends.twilio_sms import TwilioSmsChannel
 from channels.base import Message
-from channels.config import load_channels_file
 from channels.errors import ChannelConfigurationError, InvalidMessage, PermanentChannelError, TransientChannelError
-from channels.registry import build_channels
-from notifications.ids import new_notification_id
-from notifications.models import ApiClient, Notification, NotificationEvent
-from outbox import store
 
-from .conftest import wait_until
+from .provider_standins import (
+    Reply,
+    ScriptedStandIn,
+    build_from_toml,
+    drop_proxy_variables,
+    enqueue_one,
+    fast_retries,
+    free_port,
+    history,
+    start_dispatcher,
+    wait_for_status,
+)
 
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 AUTH_TOKEN = "twilio-test-auth-token"
@@ -46,14 +49,10 @@ MESSAGES_PATH = f"/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json"
 
 
 @dataclass
-class Answer:
+class Answer(Reply):
     """One scripted answer. The default is Twilio's 201 with the created message."""
 
-    status: int = 201
-    body: dict | str | None = None  # None: the created Message resource
-    headers: dict = field(default_factory=dict)
-    delay: float = 0.0  # answer this late
-    drop: bool = False  # close the connection without answering
+    status: int = 201  # body None: the created Message resource
     message_status: str = "queued"  # for the created resource
     error_code: int | None = None  # for the created resource
 
@@ -72,31 +71,31 @@ class Received:
     form: dict
 
 
-class TwilioStandIn:
+class TwilioStandIn(ScriptedStandIn):
     """Answers as Twilio's Messages endpoint. Scripts are per 'To' number; unscripted sends succeed."""
 
     def __init__(self) -> None:
-        self.requests: list[Received] = []
+        super().__init__()
         self.sids: list[str] = []  # SIDs of the messages it created, in order
-        self._scripts: dict[str, list[Answer]] = {}
-        self._lock = threading.Lock()
-        self.release = threading.Event()  # cuts late answers short at teardown
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _TwilioHandler)
-        self.server.daemon_threads = True
-        self.server.standin = self
-        self.server.handle_error = lambda request, address: None  # a client that gave up is expected
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
-    def script(self, to: str, *answers: Answer) -> None:
-        with self._lock:
-            self._scripts.setdefault(to, []).extend(answers)
+    def parse(self, path, headers, raw) -> Received:
+        return Received(time.monotonic(), path, dict(headers), dict(parse_qsl(raw.decode())))
 
-    def next_answer(self, received: Received) -> Answer:
-        with self._lock:
-            self.requests.append(received)
-            queue = self._scripts.get(received.form.get("To", ""), [])
-            return queue.pop(0) if queue else Answer()
+    def script_key(self, received: Received) -> str:
+        return received.form.get("To", "")
+
+    def default_reply(self) -> Answer:
+        return Answer()
+
+    def complete(self, received: Received, answer: Answer) -> Reply:
+        expected = "Basic " + base64.b64encode(f"{ACCOUNT_SID}:{AUTH_TOKEN}".encode()).decode()
+        if received.headers.get("Authorization") != expected:
+            answer = twilio_error(20003, 401, "Authenticate")
+        elif received.path != MESSAGES_PATH:
+            answer = twilio_error(20404, 404, f"The requested resource {received.path} was not found")
+        if answer.body is None:
+            return Reply(answer.status, self.created(received.form, answer), answer.headers)
+        return answer
 
     def created(self, form: dict, answer: Answer) -> dict:
         sid = "SM" + secrets.token_hex(16)
@@ -113,53 +112,11 @@ class TwilioStandIn:
             "uri": f"/2010-04-01/Accounts/{ACCOUNT_SID}/Messages/{sid}.json",
         }
 
-    def __enter__(self) -> "TwilioStandIn":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(timeout=5)
-
-
-class _TwilioHandler(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:
-        standin: TwilioStandIn = self.server.standin
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        form = dict(parse_qsl(raw.decode()))
-        answer = standin.next_answer(Received(time.monotonic(), self.path, dict(self.headers), form))
-        if answer.delay:
-            standin.release.wait(answer.delay)
-        if answer.drop:
-            self.connection.shutdown(socket.SHUT_RDWR)
-            self.close_connection = True
-            return
-        expected = "Basic " + base64.b64encode(f"{ACCOUNT_SID}:{AUTH_TOKEN}".encode()).decode()
-        if self.headers.get("Authorization") != expected:
-            answer = twilio_error(20003, 401, "Authenticate")
-        elif self.path != MESSAGES_PATH:
-            answer = twilio_error(20404, 404, f"The requested resource {self.path} was not found")
-        body = answer.body if answer.body is not None else standin.created(form, answer)
-        payload = body.encode() if isinstance(body, str) else json.dumps(body).encode()
-        self.send_response(answer.status)
-        self.send_header("Content-Type", "text/html" if isinstance(body, str) else "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        for name, value in answer.headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, format, *args) -> None:  # quiet
-        pass
-
 
 @pytest.fixture(autouse=True)
 def no_proxy(monkeypatch):
     """Loopback traffic only: no proxy from the environment may carry it elsewhere."""
-    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
+    drop_proxy_variables(monkeypatch)
 
 
 @pytest.fixture
@@ -324,11 +281,8 @@ def test_a_dropped_connection_is_transient(twilio):
 
 
 def test_no_server_listening_is_transient():
-    with socket.socket() as probe:  # a loopback port with nothing behind it
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     channel = TwilioSmsChannel("sms", account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, from_number=FROM_NUMBER,
-                               base_url=f"http://127.0.0.1:{port}", timeout=1)
+                               base_url=f"http://127.0.0.1:{free_port()}", timeout=1)
     with pytest.raises(TransientChannelError):
         channel.send(message())
 
@@ -380,7 +334,7 @@ def test_missing_credentials_in_the_environment_name_the_channel_and_the_variabl
     path = tmp_path / "channels.toml"
     path.write_text(TWILIO_CHANNELS_TOML.format(base_url="https://api.twilio.com", timeout=10))
     with pytest.raises(ChannelConfigurationError, match="channel 'sms': environment variable.* TWILIO_ACCOUNT_SID"):
-        build_channels(load_channels_file(path))
+        build_from_toml(path)
 
 
 def test_describe_shows_the_limits_and_the_sender_but_no_secret(twilio):
@@ -405,37 +359,24 @@ timeout = {timeout}
 DISPATCHER_ENV = {
     "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
     "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
-    "OUTBOX_RETRY_BASE_SECONDS": "0.3",
-    "OUTBOX_RETRY_CAP_SECONDS": "1",
-    "OUTBOX_MAX_ATTEMPTS": "5",
+    **fast_retries("0.3", "1", max_attempts="5"),
 }
 
 
 def start_sms_dispatcher(start_dispatchers, channels_file, standin: TwilioStandIn):
-    path = channels_file(TWILIO_CHANNELS_TOML.format(base_url=standin.url, timeout=2))
-    return start_dispatchers("--processes", "1", "--threads", "4", channels_file=path, env=DISPATCHER_ENV)
+    toml = TWILIO_CHANNELS_TOML.format(base_url=standin.url, timeout=2)
+    return start_dispatcher(start_dispatchers, channels_file, toml, DISPATCHER_ENV, threads=4)
 
 
 def enqueue_sms(to: str, body: str = "Your code is 123456") -> str:
-    notification = store.NewNotification(id=new_notification_id(), channel="sms", recipient=to, message=body)
-    client, _ = ApiClient.objects.get_or_create(name="channel-tests")
-    store.enqueue([notification], client_id=client.pk)
-    return str(notification.id)
-
-
-def history(nid: str) -> list[NotificationEvent]:
-    return list(NotificationEvent.objects.filter(notification_id=nid).order_by("created_at", "id"))
-
-
-def status_of(nid: str) -> str:
-    return Notification.objects.get(pk=nid).status
+    return enqueue_one("sms", to, body, client="channel-tests")
 
 
 def test_e2e_an_sms_is_sent_and_its_twilio_sid_is_in_the_history(start_dispatchers, channels_file, twilio):
     nid = enqueue_sms(TO_NUMBER, "Hello from the outbox")
     start_sms_dispatcher(start_dispatchers, channels_file, twilio)
 
-    wait_until(lambda: status_of(nid) == "sent", timeout=20, message="sms sent")
+    wait_for_status(nid, "sent", message="sms sent")
 
     events = history(nid)
     assert [(e.status, e.attempt) for e in events] == [("queued", 0), ("sent", 1)]
@@ -449,7 +390,7 @@ def test_e2e_an_invalid_number_is_failed_after_one_attempt(start_dispatchers, ch
     nid = enqueue_sms("+15005550001")
     start_sms_dispatcher(start_dispatchers, channels_file, twilio)
 
-    wait_until(lambda: status_of(nid) == "failed", timeout=20, message="sms failed")
+    wait_for_status(nid, "failed", message="sms failed")
 
     events = history(nid)
     assert [(e.status, e.attempt) for e in events] == [("queued", 0), ("failed", 1)]
@@ -462,7 +403,7 @@ def test_e2e_a_429_is_retried_not_before_retry_after_then_sent(start_dispatchers
     nid = enqueue_sms(TO_NUMBER)
     start_sms_dispatcher(start_dispatchers, channels_file, twilio)
 
-    wait_until(lambda: status_of(nid) == "sent", timeout=20, message="sms sent after the 429")
+    wait_for_status(nid, "sent", message="sms sent after the 429")
 
     queued, retrying, sent = history(nid)
     assert [(e.status, e.attempt) for e in (retrying, sent)] == [("retrying", 1), ("sent", 2)]

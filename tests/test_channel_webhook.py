@@ -14,14 +14,12 @@ import hashlib
 import hmac
 import json
 import socket
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
 import pytest
@@ -29,33 +27,29 @@ import urllib3.util.connection
 
 from channels.backends.webhook import WebhookChannel, address_problem, sign
 from channels.base import Message
-from channels.config import load_channels_file
 from channels.errors import ChannelConfigurationError, InvalidMessage, PermanentChannelError, TransientChannelError
-from channels.registry import build_channels
-from notifications.ids import new_notification_id
-from notifications.models import Notification, NotificationEvent
-from outbox import store
+from notifications.models import Notification
 
-from .conftest import tenant, wait_until
+from .provider_standins import (
+    HTTPStandIn,
+    Reply,
+    build_from_toml,
+    enqueue_one,
+    failure,
+    fast_retries,
+    free_port,
+    history,
+    one_channel_toml,
+    start_dispatcher,
+    wait_until_settled,
+)
 
 SECRET = "whsec-test-3f9a1c"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def msg(to: str, body: str = "Deploy finished", **kwargs) -> Message:
     kwargs.setdefault("notification_id", str(uuid.uuid4()))
     return Message(recipient=to, body=body, **kwargs)
-
-
-def failure(channel, message, kind):
-    with pytest.raises(kind) as caught:
-        channel.send(message)
-    return caught.value
 
 
 # --- the receiver -------------------------------------------------------------------------------
@@ -72,75 +66,34 @@ class Received:
         return json.loads(self.body)
 
 
-@dataclass
-class Reply:
-    status: int = 200
-    body: object = None  # dict (sent as JSON), bytes, or None
-    headers: dict[str, str] = field(default_factory=dict)
-    delay: float = 0.0
-    drop: bool = False  # close the connection without answering
-
-
-class Receiver:
+class Receiver(HTTPStandIn):
     """A webhook receiver on loopback. It checks X-Notify-Signature the way a receiver is told
     to (HMAC-SHA256 of "<timestamp>.<body>", constant-time comparison, a fresh timestamp) and
     answers 401 to a bad one; otherwise `respond(received)` chooses the answer."""
 
+    protocol_version = "HTTP/1.1"
+    text_content_type = "application/json"
+
     def __init__(self, respond: Callable[[Received], Reply] | None = None, secret: str = SECRET):
         self.respond = respond or (lambda received: Reply(200, {"id": f"rcv-{uuid.uuid4().hex[:12]}"}))
-        self.received: list[Received] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                timestamp = headers.get("x-notify-timestamp", "")
-                expected = "sha256=" + hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-                fresh = timestamp.isdigit() and abs(time.time() - int(timestamp)) < 300
-                valid = fresh and hmac.compare_digest(expected, headers.get("x-notify-signature", ""))
-                received = Received(self.path, headers, body, valid)
-                receiver.received.append(received)
-                reply = receiver.respond(received) if valid else Reply(401, {"error": "bad signature"})
-                if reply.delay:
-                    time.sleep(reply.delay)
-                if reply.drop:
-                    self.close_connection = True
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                    return
-                payload = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode() if reply.body is not None else b""
-                self.send_response(reply.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                for name, value in reply.headers.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args):
-                pass
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-
-            def handle_error(self, request, client_address):
-                pass  # a client that gave up on a slow answer: expected here
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
+        self.secret = secret
+        super().__init__()
         self.url = f"http://127.0.0.1:{self.port}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
-    def __enter__(self):
-        self.thread.start()
-        return self
+    @property
+    def received(self) -> list[Received]:
+        return self.requests
 
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=2)
+    def parse(self, path, headers, raw) -> Received:
+        headers = {k.lower(): v for k, v in headers.items()}
+        timestamp = headers.get("x-notify-timestamp", "")
+        expected = "sha256=" + hmac.new(self.secret.encode(), f"{timestamp}.".encode() + raw, hashlib.sha256).hexdigest()
+        fresh = timestamp.isdigit() and abs(time.time() - int(timestamp)) < 300
+        valid = fresh and hmac.compare_digest(expected, headers.get("x-notify-signature", ""))
+        return Received(path, headers, raw, valid)
+
+    def answer(self, received: Received) -> Reply:
+        return self.respond(received) if received.signature_valid else Reply(401, {"error": "bad signature"})
 
 
 @pytest.fixture
@@ -406,8 +359,7 @@ class TestIntakeAndConfiguration:
             assert pytest.raises(InvalidMessage, channel.validate, msg(url)).value.field == "to"
 
     def build(self, channels_file, options: str) -> dict:
-        path = channels_file(f'[channels.webhook]\nbackend = "channels.backends.webhook.WebhookChannel"\n[channels.webhook.options]\n{options}\n')
-        return build_channels(load_channels_file(path))
+        return build_from_toml(channels_file(one_channel_toml("webhook", "channels.backends.webhook.WebhookChannel", options)))
 
     def test_from_the_channels_file_with_the_secret_from_the_environment(self, channels_file, monkeypatch):
         monkeypatch.setenv("WEBHOOK_SECRET", "from-env")
@@ -457,7 +409,7 @@ def test_a_dispatcher_posts_signed_notifications_and_records_the_receivers_ids(s
 
     with Receiver(respond) as receiver:
         base = f"http://127.0.0.1:{receiver.port}"
-        path = channels_file(
+        toml = (
             f"""
 [channels.webhook]
 backend = "channels.backends.webhook.WebhookChannel"
@@ -470,19 +422,9 @@ targets = {{ ops = "{base}/ops", busy = "{base}/busy", gone = "{base}/gone" }}
         )
         ids = {}
         for target in ("ops", "busy", "gone"):
-            nid = new_notification_id()
-            store.enqueue([store.NewNotification(id=nid, channel="webhook", recipient=target, subject="deploy",
-                                                 message=f"to {target}", metadata={"env": "prod"})], client_id=tenant().pk)
-            ids[target] = str(nid)
-        start_dispatchers(
-            "--processes", "1", channels_file=path,
-            env={"TEST_WEBHOOK_SECRET": SECRET, "OUTBOX_RETRY_BASE_SECONDS": "0.2", "OUTBOX_RETRY_CAP_SECONDS": "0.5"},
-        )
-        wait_until(lambda: Notification.objects.filter(pk__in=ids.values(), status__in=("sent", "failed")).count() == 3,
-                   timeout=30, message="all three settled")
-
-    def history(nid):
-        return list(NotificationEvent.objects.filter(notification_id=nid).order_by("created_at", "id"))
+            ids[target] = enqueue_one("webhook", target, f"to {target}", subject="deploy", metadata={"env": "prod"})
+        start_dispatcher(start_dispatchers, channels_file, toml, {"TEST_WEBHOOK_SECRET": SECRET, **fast_retries("0.2", "0.5")})
+        wait_until_settled(ids.values(), message="all three settled")
 
     assert all(r.signature_valid for r in receiver.received)
     (ops_request,) = [r for r in receiver.received if r.path == "/ops"]
