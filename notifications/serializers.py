@@ -159,12 +159,27 @@ class NotificationListQuerySerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
 
-# The answers' shapes are plain Serializers with their fields spelled out: a ModelSerializer
-# rebuilds its fields from the model on every instance, which cost more than the rest of an
-# accepted request (measured: ~1.5 ms of ~5 ms).
+class AnswerSerializer(serializers.Serializer):
+    """The shape of an answer: read-only, so its fields are built and bound once per class.
+
+    DRF deep-copies every declared field for each serializer instance (and a ModelSerializer
+    also rebuilds them from the model), which cost more than the rest of an accepted request
+    (measured: ~1.5 ms of ~5 ms). Serializing only reads the fields, and these use no context,
+    so one bound set serves every instance and thread.
+    """
+
+    @property
+    def fields(self):
+        cls = type(self)
+        bound = cls.__dict__.get("_bound_fields")
+        if bound is None:
+            bound = cls._bound_fields = super().fields
+        return bound
 
 
-class NotificationEventSerializer(serializers.Serializer):
+class NotificationEventSerializer(AnswerSerializer):
+    """One entry of a notification's status history: its acceptance, or an attempt."""
+
     status = serializers.ChoiceField(choices=Status.choices)
     at = serializers.DateTimeField(source="created_at")
     attempt = serializers.IntegerField()
@@ -175,7 +190,9 @@ class NotificationEventSerializer(serializers.Serializer):
     note = serializers.CharField()
 
 
-class NotificationSerializer(serializers.Serializer):
+class NotificationSerializer(AnswerSerializer):
+    """A notification and its current status."""
+
     id = serializers.UUIDField()
     status = serializers.ChoiceField(choices=Status.choices)
     channel = serializers.CharField()
@@ -195,6 +212,8 @@ class NotificationSerializer(serializers.Serializer):
 
 
 class NotificationDetailSerializer(NotificationSerializer):
+    """A notification with its full status history."""
+
     events = NotificationEventSerializer(many=True)
 
 
