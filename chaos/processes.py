@@ -87,32 +87,25 @@ def _is_ours(pid: int) -> bool:
     return any(marker in cmdline for marker in OUR_COMMANDS)
 
 
-def _group_alive(pgid: int) -> bool:
-    """Whether any process of the group lives (its leader may be gone, its members not)."""
+def _proc_stats():
+    """(pid, state, parent pid, process group) of every process, from /proc (no pgrep needed)."""
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
                 fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
+                yield int(proc.name), fields[0], int(fields[1]), int(fields[2])
+            except (OSError, IndexError, ValueError):
                 continue
-            if int(fields[2]) == pgid and _is_ours(int(proc.name)):
-                return True
-    return False
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of the group lives (its leader may be gone, its members not)."""
+    return any(group == pgid and _is_ours(pid) for pid, _, _, group in _proc_stats())
 
 
 def children_of(pid: int) -> list[int]:
-    """PIDs whose parent is `pid` (from /proc: no pgrep needed)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            # fields[0] is the state; Z (zombie) children are already dead.
-            if int(fields[1]) == pid and fields[0] != "Z":
-                found.append(int(proc.name))
-    return sorted(found)
+    """PIDs whose parent is `pid`; zombie (Z) children are already dead."""
+    return sorted(child for child, state, parent, _ in _proc_stats() if parent == pid and state != "Z")
 
 
 class ManagedProcess:
