@@ -1,8 +1,10 @@
 """The admin: what was sent, to whom, every attempt; clients and their API keys."""
 
 from django.contrib import admin, messages
+from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils import timezone
+from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html
 from rest_framework.exceptions import APIException
 
@@ -57,11 +59,13 @@ class NotificationAdmin(admin.ModelAdmin):
         headline, text = rendering.rendered_message(obj)
         return format_html('<div class="help">{}</div><pre style="white-space: pre-wrap; margin: 0.3em 0 0;">{}</pre>', headline, text)
 
-    @admin.action(description="Resend selected notifications")
+    # Actions change notifications, so they need the change permission (which edits no field
+    # here: every field is read-only); Django hides them from, and refuses them to, other users.
+    @admin.action(description="Resend selected notifications", permissions=["change"])
     def resend_selected(self, request, queryset):
         self._apply(request, queryset, services.notification_resend, "resent")
 
-    @admin.action(description="Cancel selected notifications")
+    @admin.action(description="Cancel selected notifications", permissions=["change"])
     def cancel_selected(self, request, queryset):
         self._apply(request, queryset, services.notification_cancel, "cancelled")
 
@@ -98,13 +102,22 @@ class ApiClientAdmin(admin.ModelAdmin):
     inlines = [ApiKeyInline]
     actions = ["create_key", "revoke_keys"]
 
-    @admin.action(description="Create a new API key (shown once)")
+    @admin.action(description="Create a new API key (shown once)", permissions=["change"])
     def create_key(self, request, queryset):
-        for client in queryset:
-            _, key = api_key_create(client=client)
-            self.message_user(request, f"New API key of {client.name} (copy it now, it is not stored): {key}", messages.SUCCESS)
+        """Show the new keys on a page of their own, once: never in a message (which travels in
+        a cookie or the session), a log line or a cache."""
+        new_keys = [(client, api_key_create(client=client)[1]) for client in queryset.order_by("name", "pk")]
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "New API keys",
+            "new_keys": new_keys,
+        }
+        response = TemplateResponse(request, "admin/notifications/apiclient/new_keys.html", context)
+        add_never_cache_headers(response)  # Cache-Control: no-store, private, ...
+        return response
 
-    @admin.action(description="Revoke all API keys")
+    @admin.action(description="Revoke all API keys", permissions=["change"])
     def revoke_keys(self, request, queryset):
         revoked = 0
         for key in ApiKey.objects.filter(client__in=queryset, revoked_at__isnull=True):
