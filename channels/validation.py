@@ -25,6 +25,16 @@ LIMITS = {
     "slack": {"message_max_chars": SLACK_TEXT_MAX},
 }
 
+# The characters where Python's email library breaks a header into lines: those where
+# str.splitlines() splits (LF, CR, VT, FF, FS, GS, RS, NEL, LINE and PARAGRAPH SEPARATOR).
+# A subject holding one is refused at intake, not at send time.
+LINE_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+
+
+def has_line_break(text: str) -> bool:
+    return not LINE_BREAKS.isdisjoint(text)
+
+
 # Slack conversation ids (C public, G private, D direct), user ids (U, W), or #channel-name.
 _SLACK_ID = re.compile(r"^[CGDUW][A-Z0-9]{6,}$")
 _SLACK_NAME = re.compile(r"^#[a-z0-9][a-z0-9._-]{0,79}$")
@@ -36,8 +46,8 @@ def validate_email_message(message: Message) -> Message:
         address = validate_email(message.recipient, check_deliverability=False).normalized
     except EmailNotValidError as exc:
         raise InvalidMessage("to", f"not a valid email address: {exc}") from None
-    if "\r" in message.subject or "\n" in message.subject:
-        raise InvalidMessage("subject", "must be a single line (no CR or LF)")
+    if has_line_break(message.subject):
+        raise InvalidMessage("subject", "must be a single line (no CR, LF or other line break)")
     if len(message.subject) > EMAIL_SUBJECT_MAX:
         raise InvalidMessage("subject", f"at most {EMAIL_SUBJECT_MAX} characters")
     return message.with_recipient(address)

@@ -3,9 +3,14 @@ examples, and the configured channels with their limits."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from typing import Callable
+
+from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse
 from rest_framework import serializers
+from rest_framework.fields import empty
 
 
 class ErrorDetailSerializer(serializers.Serializer):
@@ -77,14 +82,55 @@ IDEMPOTENCY_KEY = OpenApiParameter(
     ),
 )
 
-SINGLE_EXAMPLES = [
-    OpenApiExample("Email", value={"channel": "email-log", "to": "alice@example.com", "subject": "Welcome", "message": "Hello Alice"}),
-    OpenApiExample("SMS, high priority, expiring", value={
+class ExampleFromNow(OpenApiExample):
+    """An example whose value is built from the current time whenever the schema is generated
+    (drf-spectacular reads `value` then; /api/schema/ is generated per request), so that its
+    times stay within the API's limits however old the code: send_at in the future and at most
+    NOTIFY_MAX_SCHEDULE_DAYS ahead, expires_at in the future and later than send_at."""
+
+    def __init__(self, name: str, build: Callable[[datetime], dict], **kwargs):
+        self.build = build
+        super().__init__(name, **kwargs)
+
+    @property
+    def value(self):
+        return self.build(timezone.now())
+
+    @value.setter
+    def value(self, value):  # OpenApiExample.__init__ sets it; drf-spectacular may replace it
+        if value is not empty:
+            self.build = lambda now: value
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _expiring_sms(now: datetime) -> dict:
+    return {
         "channel": "sms-log", "to": "+14155550100", "message": "Your code is 123456",
-        "priority": "high", "expires_at": "2030-01-01T12:05:00Z",
+        "priority": "high", "expires_at": _iso(now.replace(second=0, microsecond=0) + timedelta(hours=1)),
+    }
+
+
+def _scheduled_email(now: datetime) -> dict:
+    tomorrow_9am = now.astimezone(UTC).replace(hour=9, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    return {
+        "channel": "email-log", "to": "bob@example.com", "subject": "Reminder", "message": "Your appointment is today.",
+        "send_at": _iso(tomorrow_9am), "expires_at": _iso(tomorrow_9am + timedelta(hours=12)),
+    }
+
+
+# Each one, POSTed as it is, is accepted under the default settings (tests/test_api_schema.py).
+SINGLE_EXAMPLES = [
+    OpenApiExample("Email", request_only=True, value={
+        "channel": "email-log", "to": "alice@example.com", "subject": "Welcome", "message": "Hello Alice",
     }),
-    OpenApiExample("Previous system's shape (type)", value={"type": "slack-log", "to": "#alerts", "message": "Deploy done"}),
-    OpenApiExample("Scheduled", value={"channel": "email-log", "to": "bob@example.com", "message": "Reminder", "send_at": "2030-01-01T09:00:00Z"}),
+    ExampleFromNow("SMS, high priority, expiring", _expiring_sms, request_only=True),
+    OpenApiExample("Previous system's shape (type)", request_only=True, value={
+        "type": "slack-log", "to": "#alerts", "message": "Deploy done",
+    }),
+    ExampleFromNow("Scheduled", _scheduled_email, request_only=True),
 ]
 
 ERROR_EXAMPLE = OpenApiExample(

@@ -10,6 +10,7 @@ from django.utils import timezone
 from rest_framework import serializers
 
 from channels.registry import all_channels
+from channels.validation import has_line_break
 from outbox.store import NewNotification
 
 from . import services
@@ -28,6 +29,22 @@ class StrictCharField(serializers.CharField):
         if not isinstance(data, str):
             self.fail("invalid")
         return super().to_internal_value(data)
+
+
+class StrictDateTimeField(serializers.DateTimeField):
+    """A DateTimeField that refuses NUL characters: Python's datetime.fromisoformat stops
+    reading at one, so that "2030-01-01T09:00:00Z\\u0000junk" would be accepted."""
+
+    def to_internal_value(self, value):
+        if isinstance(value, str) and "\x00" in value:
+            raise serializers.ValidationError("Null characters are not allowed.")
+        return super().to_internal_value(value)
+
+
+def _writable(name: str) -> str:
+    """A client's field name as an answer can repeat it (UTF-8): a lone surrogate, which no
+    answer can encode, written as its escape (\\ud800)."""
+    return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 METADATA_MAX_DEPTH = 32
@@ -75,9 +92,13 @@ class NotificationRequestSerializer(serializers.Serializer):
     message = StrictCharField(trim_whitespace=False)
     subject = StrictCharField(required=False, allow_blank=True, max_length=998, default="", trim_whitespace=False)
     metadata = serializers.DictField(required=False, default=dict)
-    priority = serializers.ChoiceField(choices=[label for _, label in Priority.choices], required=False, default="normal")
-    send_at = serializers.DateTimeField(required=False, default=None, allow_null=True)
-    expires_at = serializers.DateTimeField(required=False, default=None, allow_null=True)
+    priority = serializers.ChoiceField(
+        choices=[label for _, label in Priority.choices], required=False, default="normal",
+        # DRF's message repeats the value, which may hold a lone surrogate that no answer can encode.
+        error_messages={"invalid_choice": f"Must be one of: {', '.join(label for _, label in Priority.choices)}."},
+    )
+    send_at = StrictDateTimeField(required=False, default=None, allow_null=True)
+    expires_at = StrictDateTimeField(required=False, default=None, allow_null=True)
 
     def to_internal_value(self, data):
         if not isinstance(data, dict):
@@ -91,7 +112,7 @@ class NotificationRequestSerializer(serializers.Serializer):
                 data[name] = data.pop(alias)
         expected = "channel (or type), to, message, subject, metadata, priority, send_at, expires_at"
         for name in sorted(set(data) - set(self.fields)):
-            errors[name] = [f"Unknown field. Expected: {expected}."]
+            errors[_writable(name)] = [f"Unknown field. Expected: {expected}."]
             del data[name]
         if isinstance(data.get("message"), str) and not data["message"].strip():
             errors["message"] = ["This field may not be blank."]
@@ -101,6 +122,12 @@ class NotificationRequestSerializer(serializers.Serializer):
             errors = {**exc.detail, **errors}
         if errors:
             raise serializers.ValidationError(errors)
+        return value
+
+    def validate_subject(self, value: str) -> str:
+        """One line, whatever the channel: a line break in a header would fail at send time."""
+        if has_line_break(value):
+            raise serializers.ValidationError("Must be a single line (no CR, LF or other line break).")
         return value
 
     def validate_metadata(self, value: dict) -> dict:
@@ -232,5 +259,5 @@ class BatchRequestSerializer(serializers.Serializer):
         if isinstance(data, dict):
             unknown = sorted(set(data) - set(self.fields))
             if unknown:
-                raise serializers.ValidationError({name: ["Unknown field. Expected: notifications."] for name in unknown})
+                raise serializers.ValidationError({_writable(name): ["Unknown field. Expected: notifications."] for name in unknown})
         return super().to_internal_value(data)["notifications"]

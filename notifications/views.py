@@ -6,10 +6,15 @@ notifications, and another client's id answers 404.
 
 from __future__ import annotations
 
+import datetime as dt
+from base64 import b64decode
+from urllib import parse
+
+from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import OpenApiExample, extend_schema
 from rest_framework import status
 from rest_framework.exceptions import NotFound, ValidationError
-from rest_framework.pagination import CursorPagination
+from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
 from rest_framework.views import APIView
@@ -45,11 +50,53 @@ class NewestFirst(CursorPagination):
     page_size_query_param = "page_size"
     max_page_size = 500
 
-    def decode_cursor(self, request):
+    def decode_cursor(self, request) -> Cursor | None:
+        """The cursor of a `next` or `previous` link, or None for the first page.
+
+        DRF's own decoding answers 404 for a cursor it cannot read, clamps a large offset,
+        reads any integer as the direction, and passes any position on to the query (where a
+        position that is not a datetime fails: 500). A cursor is what DRF's encode_cursor
+        writes, base64 of `o=<offset>&r=1&p=<created_at>` (each part optional), and anything
+        else is a bad parameter: 400 naming `cursor`.
+        """
+        encoded = request.query_params.get(self.cursor_query_param)
+        if encoded is None:
+            return None
         try:
-            return super().decode_cursor(request)
-        except NotFound:  # DRF answers 404 for a cursor it cannot read; it is a bad parameter
-            raise ValidationError({"cursor": ["Invalid cursor; use the next or previous link of a page."]}) from None
+            text = b64decode(encoded.encode("ascii")).decode("ascii")
+            tokens = parse.parse_qs(text, keep_blank_values=True, strict_parsing=True, max_num_fields=3)
+        except ValueError:  # not ASCII, not base64, not a query string (binascii.Error, UnicodeError)
+            raise _invalid_cursor() from None
+        if set(tokens) - {"o", "r", "p"} or any(len(values) != 1 for values in tokens.values()):
+            raise _invalid_cursor()
+        offset = tokens.get("o", ["0"])[0]
+        reverse = tokens.get("r", ["0"])[0]
+        position = tokens.get("p", [None])[0]
+        cutoff = str(self.offset_cutoff)
+        if not (offset.isascii() and offset.isdigit() and len(offset) <= len(cutoff) and int(offset) <= self.offset_cutoff):
+            raise _invalid_cursor()
+        if reverse not in ("0", "1"):
+            raise _invalid_cursor()
+        if position is not None:
+            position = _cursor_position(position)
+        return Cursor(offset=int(offset), reverse=reverse == "1", position=position)
+
+
+def _cursor_position(text: str) -> str:
+    """A cursor's position, created_at as DRF writes it (str() of an aware datetime), in that
+    canonical form; refused unless it is an aware datetime that PostgreSQL can compare."""
+    try:
+        when = parse_datetime(text) if text.isascii() else None  # parse_datetime's \d takes any digit
+        if when is None or when.utcoffset() is None:
+            raise ValueError(text)
+        when.astimezone(dt.timezone.utc)  # 0001-01-01 00:00+01:00 is before year 1 in UTC
+    except (ValueError, OverflowError):
+        raise _invalid_cursor() from None
+    return str(when)
+
+
+def _invalid_cursor() -> ValidationError:
+    return ValidationError({"cursor": ["Invalid cursor; use the next or previous link of a page."]})
 
 
 def _idempotency_key(request) -> str | None:
@@ -58,6 +105,8 @@ def _idempotency_key(request) -> str | None:
         return None
     if not key.strip() or len(key) > IDEMPOTENCY_KEY_MAX:
         raise ValidationError({IDEMPOTENCY_HEADER: [f"Must be 1 to {IDEMPOTENCY_KEY_MAX} characters."]})
+    if "\x00" in key:  # PostgreSQL text cannot hold it
+        raise ValidationError({IDEMPOTENCY_HEADER: ["Null characters are not allowed."]})
     return key
 
 

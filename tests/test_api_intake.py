@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 from django.conf import settings
 from django.db import connection
+from django.utils import timezone
 
+from channels.validation import LINE_BREAKS
 from notifications.models import Notification, NotificationEvent
 from outbox.models import OutboxEntry
 
@@ -182,6 +184,32 @@ def test_email_subject_with_cr_or_lf_is_refused(client, db, subject):
     assert_error(response, 400, "invalid", fields=["subject"])
 
 
+def test_line_breaks_are_exactly_where_splitlines_splits():
+    # Python's email library folds and parses headers with str.splitlines().
+    splits = {c for c in map(chr, range(0x110000)) if len(f"a{c}b".splitlines()) > 1}
+    assert LINE_BREAKS == splits
+
+
+@pytest.mark.parametrize("channel, to", [("email-log", "a@example.com"), ("fake", "x"), ("sms-log", "+14155550100")])
+@pytest.mark.parametrize("line_break", sorted(LINE_BREAKS), ids=lambda c: f"U+{ord(c):04X}")
+def test_subject_with_any_line_break_is_refused_for_every_channel(client, db, channel, to, line_break):
+    response = post(client, {"channel": channel, "to": to, "message": "hi", "subject": f"Hello{line_break}Bcc: x@example.com"})
+    assert_error(response, 400, "invalid", fields=["subject"])
+
+
+def test_subject_with_a_line_break_in_a_batch_is_refused_by_index(client, db):
+    items = [{"channel": "fake", "to": "x", "message": "hi", "subject": "fine"},
+             {"channel": "fake", "to": "x", "message": "hi", "subject": "not\x1cfine"}]
+    error = api_helpers.assert_error(post(client, {"notifications": items}, url=api_helpers.BATCH_URL), 400, "invalid")
+    assert list(error["fields"]) == ["notifications[1].subject"], error
+    assert row_counts() == (0, 0, 0)
+
+
+def test_subject_with_other_unicode_is_accepted(client, db):
+    response = post(client, {"channel": "email-log", "to": "a@example.com", "message": "hi", "subject": "Caf\u00e9 \u2014 \u00bd\tprice"})
+    assert response.status_code == 202, response.content
+
+
 def test_sms_body_over_the_provider_limit_is_refused(client, db):
     response = post(client, {"channel": "sms-log", "to": "+14155550100", "message": "x" * 1601})
     assert_error(response, 400, "invalid", fields=["message"])
@@ -318,6 +346,62 @@ def test_metadata_jsonb_cannot_store_is_refused_not_a_server_error(db, raw):
 def test_surrogates_in_text_fields_are_refused(db, raw):
     response = make_api_client(raise_request_exception=False).post(URL, data=raw.encode(), content_type="application/json")
     assert_error(response, 400, "invalid")
+
+
+# Each as a JSON escape, and as an error answer names it (a lone surrogate by its escape).
+HOSTILE = {"nul": (r"\u0000", "\x00"), "high-surrogate": (r"\ud800", r"\ud800"), "low-surrogate": (r"\udfff", r"\udfff")}
+VALID = {"channel": "email-log", "to": "a@example.com", "message": "hi", "subject": "s", "metadata": {"k": "v"},
+         "priority": "normal", "send_at": None, "expires_at": None}
+MARK = "@@hostile@@"
+
+
+def with_mark(where: str) -> dict:
+    """VALID with MARK in one string place: a field, `type`, a metadata key or value, or an
+    unknown field's name."""
+    item = dict(VALID)
+    if where == "type":
+        item["type"] = item.pop("channel") + MARK
+    elif where == "metadata key":
+        item["metadata"] = {"k" + MARK: "v"}
+    elif where == "metadata value":
+        item["metadata"] = {"k": ["v", {"n": "v" + MARK}]}
+    elif where == "unknown field":
+        item["x" + MARK] = 1
+    elif where in ("send_at", "expires_at"):  # valid but for MARK (fromisoformat stops at a NUL)
+        item[where] = f"{timezone.now() + timedelta(days=1):%Y-%m-%dT%H:%M:%SZ}{MARK}junk"
+    else:
+        item[where] = item[where] + MARK
+    return item
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["single", "batch"])
+@pytest.mark.parametrize("escape, named", HOSTILE.values(), ids=HOSTILE.keys())
+@pytest.mark.parametrize("where", ["channel", "type", "to", "message", "subject", "metadata key", "metadata value",
+                                   "priority", "send_at", "expires_at", "unknown field"])
+def test_nul_and_lone_surrogates_in_any_string_are_refused_and_write_nothing(db, where, escape, named, batch):
+    # PostgreSQL's text and jsonb hold neither, nor can an answer (UTF-8) repeat a lone surrogate.
+    body = {"notifications": [VALID, with_mark(where)]} if batch else with_mark(where)
+    raw = json.dumps(body).replace(MARK, escape)
+    client = make_api_client(raise_request_exception=False)
+    response = client.post(api_helpers.BATCH_URL if batch else URL, data=raw.encode(), content_type="application/json")
+    error = assert_error(response, 400, "invalid")
+    assert len(error["fields"]) == 1, error
+    name = next(iter(error["fields"]))
+    expected = {"type": "channel", "metadata key": "metadata", "metadata value": "metadata", "unknown field": "x" + named}.get(where, where)
+    assert name == (f"notifications[1].{expected}" if batch else expected), error
+
+
+@pytest.mark.parametrize("escape, named", HOSTILE.values(), ids=HOSTILE.keys())
+def test_nul_and_lone_surrogates_in_an_unknown_batch_field_are_refused(db, escape, named):
+    raw = json.dumps({"notifications": [VALID], "x" + MARK: 1}).replace(MARK, escape)
+    client = make_api_client(raise_request_exception=False)
+    response = client.post(api_helpers.BATCH_URL, data=raw.encode(), content_type="application/json")
+    assert list(assert_error(response, 400, "invalid")["fields"]) == ["x" + named]
+
+
+def test_nul_in_the_idempotency_key_is_refused(client, db):
+    response = client.post(URL, {"channel": "fake", "to": "x", "message": "hi"}, format="json", HTTP_IDEMPOTENCY_KEY="a\x00b")
+    assert_error(response, 400, "invalid", fields=["Idempotency-Key"])
 
 
 def test_metadata_at_the_depth_limit_is_accepted(client, db):

@@ -14,7 +14,8 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from notifications.auth import api_key_create
 from notifications_project.wsgi import application
 
-from .conftest import tenant
+from .api_helpers import BATCH_URL, URL
+from .conftest import make_api_client, tenant
 
 
 @schemathesis.auth(refresh_interval=None)
@@ -52,3 +53,27 @@ def test_generated_requests_get_no_5xx_and_conform_to_the_schema(case):
     # (400) for what JSON Schema cannot express: a recipient the channel rejects, an unknown
     # channel name, an opaque cursor that is not one of ours.
     case.call_and_validate(excluded_checks=[positive_data_acceptance])
+
+
+# --- the schema's own examples ------------------------------------------------------------------
+
+
+def request_examples(path: str) -> dict[str, object]:
+    """The request examples of POST `path`, from the live schema, by name."""
+    schema = make_api_client().get("/api/schema/", {"format": "json"})
+    assert schema.status_code == 200, schema.content
+    operation = schema.json()["paths"][path]["post"]
+    return {name: example["value"] for name, example in operation["requestBody"]["content"]["application/json"]["examples"].items()}
+
+
+@pytest.mark.parametrize("path", [URL, BATCH_URL])
+def test_every_request_example_of_the_schema_is_accepted_as_it_is(db, path):
+    examples = request_examples(path)
+    assert examples
+    if path == URL:  # the examples that carry times, which must stay within the API's limits
+        assert any("send_at" in value and "expires_at" in value for value in examples.values()), examples
+        assert any("expires_at" in value and "send_at" not in value for value in examples.values()), examples
+    client = make_api_client()
+    for name, value in examples.items():
+        response = client.post(path, value, format="json")
+        assert response.status_code == 202, (name, value, response.content)
