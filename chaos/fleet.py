@@ -84,7 +84,7 @@ class DispatcherFleet:
 
     def send_ends(self) -> dict[tuple[int, str, int], float]:
         """(pid, notification id, attempt) -> when that send ended (Unix seconds), from each
-        dispatcher's "delivery" log record, written as its send returned."""
+        dispatcher's "delivery" log record (its `ended_at`)."""
         ends: dict[tuple[int, str, int], float] = {}
         for supervisor in self.supervisors:
             for line in supervisor.log().splitlines():
@@ -92,7 +92,7 @@ class DispatcherFleet:
                     continue
                 try:
                     entry = json.loads(line)
-                    at = datetime.fromisoformat(entry["time"]).timestamp()
+                    at = entry.get("ended_at") or datetime.fromisoformat(entry["time"]).timestamp()
                     ends[(int(entry["process"]), str(entry["notification_id"]), int(entry["attempt"]))] = at
                 except (ValueError, KeyError, TypeError):
                     continue
@@ -131,7 +131,7 @@ class DispatcherFleet:
                     counts["fenced_outcomes"] += int(message.split(": ", 1)[1].split(" of ")[0])
                 elif "could not record" in message:
                     counts["outcomes_given_up"] += int(message.split("could not record ")[1].split(" ")[0])
-                elif "lease too close to expiry" in message:
+                elif "too close to their lease's end" in message:
                     counts["claims_left_for_lease_expiry"] += 1
                 elif "LISTEN connection lost" in message:
                     counts["listener_reconnects"] += 1

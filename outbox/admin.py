@@ -25,7 +25,7 @@ class OutboxEntryAdmin(admin.ModelAdmin):
 
 # --- dispatchers ------------------------------------------------------------------------------
 
-RUNNING, STOPPED, GONE = "running", "stopped", "gone"
+RUNNING, STOPPED, GONE, STALLED = "running", "stopped", "gone", "cannot record"
 # A dispatcher that missed this many heartbeats in a row (and did not say it stopped) is gone.
 GONE_AFTER_HEARTBEATS = 3
 
@@ -35,12 +35,13 @@ def gone_after() -> timedelta:
 
 
 def dispatcher_state(dispatcher: Dispatcher, heartbeat_age: timedelta | None) -> str:
-    """running / stopped / gone; `heartbeat_age` is measured on the database's clock."""
+    """running / cannot record / stopped / gone; `heartbeat_age` is measured on the
+    database's clock."""
     if dispatcher.stopped_at is not None:
         return STOPPED
     if heartbeat_age is not None and heartbeat_age > gone_after():
         return GONE
-    return RUNNING
+    return STALLED if dispatcher.problem else RUNNING
 
 
 class DispatcherStateFilter(admin.SimpleListFilter):
@@ -48,7 +49,7 @@ class DispatcherStateFilter(admin.SimpleListFilter):
     parameter_name = "state"
 
     def lookups(self, request, model_admin):
-        return [(RUNNING, "running"), (STOPPED, "stopped"), (GONE, "gone")]
+        return [(RUNNING, "running"), (STALLED, "cannot record"), (STOPPED, "stopped"), (GONE, "gone")]
 
     def queryset(self, request, queryset):
         silent = Q(last_heartbeat_at__lt=Now() - gone_after())
@@ -57,7 +58,9 @@ class DispatcherStateFilter(admin.SimpleListFilter):
         if self.value() == GONE:
             return queryset.filter(silent, stopped_at__isnull=True)
         if self.value() == RUNNING:
-            return queryset.filter(~silent, stopped_at__isnull=True)
+            return queryset.filter(~silent, stopped_at__isnull=True, problem="")
+        if self.value() == STALLED:
+            return queryset.filter(~silent, stopped_at__isnull=True).exclude(problem="")
         return queryset
 
 
@@ -71,7 +74,7 @@ class DispatcherAdmin(admin.ModelAdmin):
     search_fields = ["id", "host", "=pid"]
     ordering = ["-last_heartbeat_at"]
     fields = ["id", "host", "pid", "channels", "started_at", "last_heartbeat_at", "stopped_at",
-              "state", "in_flight", "sent", "failed", "retried"]
+              "state", "problem", "in_flight", "sent", "failed", "retried"]
     readonly_fields = fields
 
     def get_queryset(self, request):

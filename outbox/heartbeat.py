@@ -1,7 +1,8 @@
 """Dispatcher heartbeats: each dispatcher process keeps its row of the `dispatcher` table fresh.
 
 A daemon thread of the process upserts the row every OUTBOX_HEARTBEAT_SECONDS with the
-dispatcher's counters, on the thread's own database connection (Django's connections are per
+dispatcher's counters and its problem, if it has one (it cannot record outcomes, so it claims
+nothing), on the thread's own database connection (Django's connections are per
 thread), and a last time with `stopped_at` when the dispatcher stops gracefully. A database
 error costs one beat (it is logged, the connection is dropped, and the next beat reconnects);
 it never stops the thread or the dispatcher. The admin shows a row without a heartbeat for
@@ -14,31 +15,18 @@ import logging
 import os
 import socket
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, connection
 from django.utils import timezone
 
+from . import sql
+
 if TYPE_CHECKING:
-    from .dispatcher import Dispatcher
+    from .dispatcher import DispatcherStats
 
 logger = logging.getLogger("outbox.heartbeat")
-
-# The heartbeat's time is the database's, so that "gone" compares like with like across hosts.
-UPSERT = """
-INSERT INTO dispatcher AS d (id, host, pid, channels, started_at, last_heartbeat_at, stopped_at,
-                             in_flight, sent, failed, retried)
-VALUES (%(id)s, %(host)s, %(pid)s, %(channels)s, %(started_at)s, now(),
-        CASE WHEN %(stopped)s THEN now() END, %(in_flight)s, %(sent)s, %(failed)s, %(retried)s)
-ON CONFLICT (id) DO UPDATE
-SET last_heartbeat_at = now(),
-    stopped_at = EXCLUDED.stopped_at,
-    in_flight = EXCLUDED.in_flight,
-    sent = EXCLUDED.sent,
-    failed = EXCLUDED.failed,
-    retried = EXCLUDED.retried
-"""
 
 
 def interval() -> float:
@@ -46,11 +34,15 @@ def interval() -> float:
 
 
 class Heartbeat(threading.Thread):
-    """Writes `dispatcher`'s row now, then every `every` seconds, until stop()."""
+    """Writes the row of dispatcher `dispatcher_id` now, then every `every` seconds, until
+    stop(). `stats()` gives the counters to write."""
 
-    def __init__(self, dispatcher: Dispatcher, every: float | None = None):
+    def __init__(self, *, dispatcher_id: str, channels: list[str], stats: Callable[[], DispatcherStats],
+                 every: float | None = None):
         super().__init__(name="heartbeat", daemon=True)
-        self.dispatcher = dispatcher
+        self.dispatcher_id = dispatcher_id
+        self.channels = channels
+        self.stats = stats
         self.every = every if every is not None else interval()
         self.started_at = timezone.now()
         self.host = socket.gethostname()
@@ -74,31 +66,31 @@ class Heartbeat(threading.Thread):
         self._stopping.set()
         self.join(timeout)
         if self.is_alive():
-            logger.warning("dispatcher %s: the last heartbeat did not finish within %.0fs", self.dispatcher.id, timeout)
+            logger.warning("dispatcher %s: the last heartbeat did not finish within %.0fs", self.dispatcher_id, timeout)
 
     def beat(self, stopped: bool = False) -> bool:
-        """Upsert the row once; True if it was written. Database errors are logged, not raised."""
-        d = self.dispatcher
-        params = {
-            "id": d.id, "host": self.host, "pid": self.pid, "channels": sorted(d.channels),
-            "started_at": self.started_at, "stopped": stopped, "in_flight": max(0, d._in_flight),
-            "sent": d.sent, "failed": d.failed, "retried": d.retried,
-        }
+        """Upsert the row once; True if it was written. Errors are logged, not raised."""
         try:
+            stats = self.stats()
+            params = {
+                "id": self.dispatcher_id, "host": self.host, "pid": self.pid, "channels": self.channels,
+                "started_at": self.started_at, "stopped": stopped, "in_flight": max(0, stats.in_flight),
+                "sent": stats.sent, "failed": stats.failed, "retried": stats.retried, "problem": stats.problem,
+            }
             with connection.cursor() as cursor:
-                cursor.execute(UPSERT, params)
+                cursor.execute(sql.HEARTBEAT, params)
         except (DatabaseError, InterfaceError) as exc:
             # Logged at the first failure and at recovery, not at every beat of an outage.
             log = logger.debug if self._failing else logger.warning
-            log("dispatcher %s: heartbeat failed (%s); retrying in %.1fs", d.id, exc, self.every)
+            log("dispatcher %s: heartbeat failed (%s); retrying in %.1fs", self.dispatcher_id, exc, self.every)
             self._failing = True
             connection.close()  # reconnect at the next beat (the server may have restarted)
             return False
         except Exception:  # a bug here must not end the heartbeats
-            logger.exception("dispatcher %s: heartbeat failed", d.id)
+            logger.exception("dispatcher %s: heartbeat failed", self.dispatcher_id)
             connection.close()
             return False
         if self._failing:
-            logger.info("dispatcher %s: heartbeats written again", d.id)
+            logger.info("dispatcher %s: heartbeats written again", self.dispatcher_id)
             self._failing = False
         return True

@@ -1,10 +1,15 @@
 """Prometheus metrics of the delivery side, and the outbox gauges of the API's /metrics.
 
-Dispatcher processes count their attempts here (Dispatcher._attempt -> observe_attempt):
+Dispatcher processes count their attempts here (the outcome recorder -> observe_attempt):
 
     deliveries_total{channel, outcome}     attempts by outcome: sent, retrying, failed
     send_duration_seconds{channel}         histogram of channel.send() durations
     retries_total{channel}                 attempts that ended in a scheduled retry
+    outcomes_unrecorded_total{reason}      outcomes the recorder could not write as they were:
+                                           leases_expired (the database stayed down; the rows
+                                           are sent again) or refused (written as failed)
+    dispatchers_cannot_record              dispatcher processes that cannot record outcomes
+                                           right now (and so claim nothing)
 
 Dispatchers are forked children of a supervisor, and the API runs in gunicorn workers, so the
 counters use prometheus_client's multiprocess mode: each process writes its values to files
@@ -79,7 +84,7 @@ def multiprocess_registry(path: str | None = None):
 
 class _DispatcherMetrics:
     def __init__(self) -> None:
-        from prometheus_client import Counter, Histogram
+        from prometheus_client import Counter, Gauge, Histogram
 
         self.deliveries = Counter(
             "deliveries", "Delivery attempts by channel and outcome (sent, retrying, failed).", ["channel", "outcome"]
@@ -89,6 +94,13 @@ class _DispatcherMetrics:
             buckets=SEND_DURATION_BUCKETS,
         )
         self.retries = Counter("retries", "Delivery attempts that ended in a scheduled retry, by channel.", ["channel"])
+        self.unrecorded = Counter(
+            "outcomes_unrecorded", "Outcomes not recorded as they were, by reason (leases_expired, refused).", ["reason"]
+        )
+        self.cannot_record = Gauge(
+            "dispatchers_cannot_record", "Dispatcher processes that cannot record outcomes now (they claim nothing).",
+            multiprocess_mode="livesum",
+        )
 
 
 _metrics: _DispatcherMetrics | None = None
@@ -111,6 +123,16 @@ def observe_attempt(channel: str, outcome: str, seconds: float) -> None:
     metrics.send_duration.labels(channel=channel).observe(seconds)
     if outcome == "retrying":
         metrics.retries.labels(channel=channel).inc()
+
+
+def count_unrecorded(reason: str, count: int) -> None:
+    """Outcomes the recorder gave up on (leases_expired) or wrote as failed instead (refused)."""
+    _dispatcher_metrics().unrecorded.labels(reason=reason).inc(count)
+
+
+def set_cannot_record(cannot: bool) -> None:
+    """Whether this dispatcher process cannot record outcomes right now."""
+    _dispatcher_metrics().cannot_record.set(1 if cannot else 0)
 
 
 # --- outbox gauges, computed at scrape time -------------------------------------------------------

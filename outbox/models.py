@@ -45,7 +45,8 @@ class OutboxEntry(models.Model):
 class Dispatcher(models.Model):
     """A dispatcher process, as its heartbeats describe it (outbox/heartbeat.py).
 
-    Each process upserts its row every OUTBOX_HEARTBEAT_SECONDS with its counters, and sets
+    Each process upserts its row every OUTBOX_HEARTBEAT_SECONDS with its counters and its
+    problem (if it cannot record outcomes, and so claims nothing), and sets
     `stopped_at` when it stops gracefully. A row whose heartbeats stopped without `stopped_at`
     is a process that died (or lost the database): the admin shows it as gone.
     `last_heartbeat_at` is the database's clock, so that hosts with skewed clocks compare alike.
@@ -62,6 +63,8 @@ class Dispatcher(models.Model):
     sent = models.BigIntegerField(default=0)
     failed = models.BigIntegerField(default=0)
     retried = models.BigIntegerField(default=0)
+    # Why the process claims nothing at the moment (it cannot record outcomes), or "".
+    problem = models.TextField(blank=True, default="", db_default="")
 
     class Meta:
         db_table = "dispatcher"

@@ -86,15 +86,18 @@ WHERE client_id = %(client_id)s AND key = %(key)s
 # - FOR UPDATE SKIP LOCKED: concurrent claimers skip each other's rows instead of waiting;
 #   each row goes to exactly one of them.
 # - lease_token fences everything the holder does next (START, FINISH, RETRY).
-# A row whose previous holder had started its send and then lost the lease (it crashed or
-# stalled) goes back to 'retrying' with an event saying so: the outcome of that attempt is
-# unknown, and at-least-once means sending again.
+# A row whose previous holder had started its send and then lost the lease (it crashed,
+# stalled or lost the database) goes back to 'retrying' with an event saying so: the outcome
+# of that attempt is unknown, and at-least-once means sending again. Such attempts count like
+# any other: once %(max_attempts)s have been started, the row is not leased again but
+# finished as 'failed' (like a queue's redrive limit), with the reason in its history.
 CLAIM = """
 WITH due AS (
-    SELECT o.id, o.locked_by AS expired_holder, o.sending AS was_sending
+    SELECT o.id, o.attempts, o.locked_by AS expired_holder, o.sending AS was_sending,
+           o.sending AND o.attempts >= %(max_attempts)s AS exhausted
     FROM unnest(%(priorities)s::smallint[], %(channels)s::text[]) AS pair(priority, channel)
     CROSS JOIN LATERAL (
-        SELECT id, locked_by, sending
+        SELECT id, attempts, locked_by, sending
         FROM outbox
         WHERE channel = pair.channel
           AND priority = pair.priority
@@ -111,7 +114,7 @@ WITH due AS (
         sending = false,
         run_at = statement_timestamp() + make_interval(secs => %(lease_seconds)s)
     FROM due
-    WHERE o.id = due.id
+    WHERE o.id = due.id AND NOT due.exhausted
     RETURNING o.id, o.notification_id, o.attempts, due.expired_holder, due.was_sending
 ), lost AS (
     UPDATE notification n
@@ -127,6 +130,31 @@ WITH due AS (
            expired_holder, 'dispatcher ' || expired_holder || ' did not record an outcome in time',
            statement_timestamp()
     FROM lost
+), given_up AS (
+    DELETE FROM outbox o
+    USING due
+    WHERE o.id = due.id AND due.exhausted
+    RETURNING o.notification_id, o.attempts, due.expired_holder
+), failed AS (
+    UPDATE notification n
+    SET status = 'failed', updated_at = statement_timestamp(),
+        last_error = CASE
+            WHEN n.last_error IN ('', 'lease expired during the send; outcome unknown')
+            THEN 'outcome unknown after ' || g.attempts || ' attempts whose leases lapsed'
+            ELSE 'gave up after ' || g.attempts || ' attempts: the lease of the last one lapsed during '
+                 || 'the send (outcome unknown); the error before: ' || n.last_error
+        END
+    FROM given_up g
+    WHERE n.id = g.notification_id
+    RETURNING n.id, g.attempts, g.expired_holder, n.last_error
+), failed_event AS (
+    INSERT INTO notification_event (notification_id, status, attempt, error,
+                                    provider_message_id, dispatcher, note, created_at)
+    SELECT id, 'failed', attempts, last_error, '', expired_holder,
+           'dispatcher ' || expired_holder || ' did not record an outcome in time; '
+           || 'no attempts left (OUTBOX_MAX_ATTEMPTS)',
+           statement_timestamp()
+    FROM failed
 )
 SELECT leased.id AS outbox_id, n.id, n.channel, n.recipient, n.subject, n.message, n.metadata,
        leased.attempts + 1 AS attempt, n.expires_at
@@ -315,4 +343,22 @@ WITH target AS (
 SELECT (SELECT status FROM target) AS status_before,
        EXISTS (SELECT 1 FROM requeued) AS resent,
        (SELECT pg_notify('outbox', '') FROM requeued) AS wake
+"""
+
+# Heartbeat: a dispatcher process upserts its row of the `dispatcher` table (outbox.heartbeat).
+# The time is the database's, so that "gone" compares like with like across hosts.
+HEARTBEAT = """
+INSERT INTO dispatcher AS d (id, host, pid, channels, started_at, last_heartbeat_at, stopped_at,
+                             in_flight, sent, failed, retried, problem)
+VALUES (%(id)s, %(host)s, %(pid)s, %(channels)s, %(started_at)s, now(),
+        CASE WHEN %(stopped)s THEN now() END, %(in_flight)s, %(sent)s, %(failed)s, %(retried)s,
+        %(problem)s)
+ON CONFLICT (id) DO UPDATE
+SET last_heartbeat_at = now(),
+    stopped_at = EXCLUDED.stopped_at,
+    in_flight = EXCLUDED.in_flight,
+    sent = EXCLUDED.sent,
+    failed = EXCLUDED.failed,
+    retried = EXCLUDED.retried,
+    problem = EXCLUDED.problem
 """

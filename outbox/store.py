@@ -134,8 +134,13 @@ class Delivery:
         return self.message.notification_id
 
 
-def claim(*, dispatcher: str, limit: int, lease_seconds: float, channels: Iterable[str]) -> list[Delivery]:
-    """Lease up to `limit` due rows of `channels` to `dispatcher` and return them."""
+def claim(*, dispatcher: str, limit: int, lease_seconds: float, channels: Iterable[str],
+          max_attempts: int | None = None) -> list[Delivery]:
+    """Lease up to `limit` due rows of `channels` to `dispatcher` and return them. A row
+    whose lease lapsed during its send after `max_attempts` attempts (default
+    OUTBOX_MAX_ATTEMPTS) is failed instead."""
+    if max_attempts is None:
+        max_attempts = settings.OUTBOX["MAX_ATTEMPTS"]
     token = uuid.uuid4()
     started = time.monotonic()
     # Every (priority, channel) pair, priorities first; channels in a new order each time.
@@ -145,7 +150,8 @@ def claim(*, dispatcher: str, limit: int, lease_seconds: float, channels: Iterab
         cursor.execute(
             sql.CLAIM,
             {"priorities": [p for p, _ in pairs], "channels": [c for _, c in pairs], "limit": limit,
-             "dispatcher": dispatcher, "lease_token": token, "lease_seconds": lease_seconds},
+             "dispatcher": dispatcher, "lease_token": token, "lease_seconds": lease_seconds,
+             "max_attempts": max_attempts},
         )
         rows = cursor.fetchall()
     # The lease is measured from before the statement ran, so the local deadline errs early.
@@ -187,6 +193,8 @@ class Outcome:
     error: str = ""
     provider_message_id: str = ""
     retry_delay: float = 0.0  # seconds, for 'retrying'
+    duration: float = 0.0  # seconds the send took
+    ended_at: float = 0.0  # when it ended (Unix time), for the log
 
 
 def record_outcomes(outcomes: Sequence[Outcome], *, dispatcher: str) -> int:

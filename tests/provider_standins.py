@@ -46,7 +46,7 @@ def free_port() -> int:
 def failure(channel, message, kind):
     """The `kind` error that sending `message` through `channel` raises."""
     with pytest.raises(kind) as caught:
-        channel.send(message)
+        channel.deliver(message)
     return caught.value
 
 

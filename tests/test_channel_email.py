@@ -131,7 +131,7 @@ class TestSMTP:
         controller, sink = smtp_server
         channel = smtp_channel(controller.port)
         message = channel.validate(msg("alice@example.com", body="Hello Alice,\nyour code is 123456.", subject="Sign-in code"))
-        provider_id = channel.send(message)
+        provider_id = channel.deliver(message)
 
         (mail_from, rcpt_tos, received), = sink.by_recipient("alice@example.com")
         assert mail_from == "notify@example.com" and rcpt_tos == ["alice@example.com"]
@@ -146,7 +146,7 @@ class TestSMTP:
 
     def test_non_ascii_subject_and_body(self, smtp_server):
         controller, sink = smtp_server
-        smtp_channel(controller.port).send(msg("zoe@example.com", body="Grüße, 你好", subject="Café ☕"))
+        smtp_channel(controller.port).deliver(msg("zoe@example.com", body="Grüße, 你好", subject="Café ☕"))
         (_, _, received), = sink.by_recipient("zoe@example.com")
         assert received["Subject"] == "Café ☕" and received.get_content().strip() == "Grüße, 你好"
 
@@ -164,7 +164,7 @@ class TestSMTP:
         with pytest.raises(InvalidMessage):
             lenient.validate(msg("bob@example.com", metadata={"from_email": "a@example.com\r\nBcc: x@example.com"}))
 
-        lenient.send(lenient.validate(msg("bob@example.com", metadata={"from_email": "Billing <billing@example.com>"})))
+        lenient.deliver(lenient.validate(msg("bob@example.com", metadata={"from_email": "Billing <billing@example.com>"})))
         (mail_from, _, received), = sink.by_recipient("bob@example.com")
         assert mail_from == "billing@example.com" and received["From"] == "Billing <billing@example.com>"
 
@@ -204,7 +204,9 @@ class TestSMTP:
             channel = smtp_channel(port, timeout=0.3)
             started = time.monotonic()
             error = failure(channel, msg("hank@example.com"), TransientChannelError)
-        assert time.monotonic() - started < 2 and "timed out" in str(error)
+        # The socket's timeout or the send's deadline, whichever fires first: the same moment.
+    assert time.monotonic() - started < 2
+    assert "timed out" in str(error) or "did not answer within 0.3s" in str(error)
         assert channel.send_timeout == 0.3
 
     def test_concurrent_sends_through_one_channel(self, smtp_server):
@@ -212,7 +214,7 @@ class TestSMTP:
         channel = smtp_channel(controller.port)
         recipients = [f"team{i}@example.com" for i in range(8)]
         with ThreadPoolExecutor(8) as pool:
-            ids = list(pool.map(lambda to: channel.send(msg(to, body=f"for {to}")), recipients))
+            ids = list(pool.map(lambda to: channel.deliver(msg(to, body=f"for {to}")), recipients))
         assert len(set(ids)) == 8
         for to, provider_id in zip(recipients, ids):
             (_, _, received), = sink.by_recipient(to)
@@ -291,7 +293,7 @@ def brevo_channel(stand_in: BrevoStandIn, api_key: str = BREVO_KEY, **options) -
 class TestBrevo:
     def test_accepted_returns_brevos_message_id(self, brevo):
         message = msg("alice@example.com", body="Your code is 123456", subject="Sign-in code")
-        provider_id = brevo_channel(brevo).send(message)
+        provider_id = brevo_channel(brevo).deliver(message)
 
         (request,) = brevo.requests
         assert request.path == "/v3/smtp/email" and request.headers["api-key"] == BREVO_KEY
@@ -341,7 +343,7 @@ class TestBrevo:
 
     def test_accepted_with_an_unreadable_answer_counts_as_sent(self, brevo):
         # 201: Brevo took the message; retrying would send it twice.
-        assert brevo_channel(brevo).send(msg("garbled@example.com")) == ""
+        assert brevo_channel(brevo).deliver(msg("garbled@example.com")) == ""
 
     def test_api_url_defaults_to_brevo(self):
         channel = EmailChannel("email", backend=BREVO_BACKEND, from_email="n@example.com", connection={"api_key": "xkeysib-secret"})

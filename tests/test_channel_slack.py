@@ -131,7 +131,7 @@ def message(to: str = CHANNEL_ID, body: str = "Deploy finished") -> Message:
 
 
 def test_send_posts_the_message_and_returns_channel_and_ts(slack):
-    posted = slack_channel(slack).send(message())
+    posted = slack_channel(slack).deliver(message())
 
     assert posted == slack.posted[0] == f"{CHANNEL_ID}/1700000000.000100"
     (request,) = slack.requests
@@ -142,7 +142,7 @@ def test_send_posts_the_message_and_returns_channel_and_ts(slack):
 
 
 def test_a_channel_name_is_answered_with_the_channel_id(slack):
-    assert slack_channel(slack).send(message(to="#deploys")) == "C0NAMED00/1700000000.000100"
+    assert slack_channel(slack).deliver(message(to="#deploys")) == "C0NAMED00/1700000000.000100"
     assert slack.requests[0].json["channel"] == "#deploys"
 
 
@@ -158,7 +158,7 @@ def test_ok_false_is_never_a_success_and_these_codes_are_permanent(slack, code):
     slack.script(CHANNEL_ID, slack_error(code))
 
     with pytest.raises(PermanentChannelError) as raised:
-        slack_channel(slack).send(message())
+        slack_channel(slack).deliver(message())
 
     assert raised.value.status == code and code in str(raised.value)
     assert len(slack.requests) == 1
@@ -166,7 +166,7 @@ def test_ok_false_is_never_a_success_and_these_codes_are_permanent(slack, code):
 
 def test_a_wrong_token_is_refused_by_the_stand_in_and_permanent(slack):
     with pytest.raises(PermanentChannelError, match="invalid_auth"):
-        slack_channel(slack, token="xoxb-revoked").send(message())
+        slack_channel(slack, token="xoxb-revoked").deliver(message())
 
 
 @pytest.mark.parametrize("body", [{"ok": False, "error": "ratelimited"}, ""], ids=["slack-body", "empty-body"])
@@ -174,7 +174,7 @@ def test_429_is_transient_and_carries_retry_after(slack, body):
     slack.script(CHANNEL_ID, Answer(status=429, body=body, headers={"Retry-After": "30"}))
 
     with pytest.raises(TransientChannelError) as raised:
-        slack_channel(slack).send(message())
+        slack_channel(slack).deliver(message())
 
     assert raised.value.retry_after == 30
     assert len(slack.requests) == 1  # no RateLimitErrorRetryHandler: the SDK did not wait and retry
@@ -186,7 +186,7 @@ def test_429_is_transient_and_carries_retry_after(slack, body):
 def test_these_codes_are_transient_even_with_http_200(slack, code):
     slack.script(CHANNEL_ID, slack_error(code))
     with pytest.raises(TransientChannelError) as raised:
-        slack_channel(slack).send(message())
+        slack_channel(slack).deliver(message())
     assert raised.value.status == code and raised.value.retry_after is None
 
 
@@ -202,14 +202,14 @@ def test_these_codes_are_transient_even_with_http_200(slack, code):
 def test_server_errors_are_transient(slack, answer, status):
     slack.script(CHANNEL_ID, answer)
     with pytest.raises(TransientChannelError) as raised:
-        slack_channel(slack).send(message())
+        slack_channel(slack).deliver(message())
     assert raised.value.status == status
 
 
 def test_retry_after_on_a_503_is_honoured_too(slack):
     slack.script(CHANNEL_ID, slack_error("service_unavailable", status=503, headers={"Retry-After": "4"}))
     with pytest.raises(TransientChannelError) as raised:
-        slack_channel(slack).send(message())
+        slack_channel(slack).deliver(message())
     assert raised.value.retry_after == 4
 
 
@@ -218,7 +218,7 @@ def test_an_answer_slower_than_the_timeout_is_transient(slack):
     started = time.monotonic()
 
     with pytest.raises(TransientChannelError, match="did not answer within 0.5s"):
-        slack_channel(slack, timeout=0.5).send(message())
+        slack_channel(slack, timeout=0.5).deliver(message())
 
     assert time.monotonic() - started < 2
 
@@ -227,7 +227,7 @@ def test_a_dropped_connection_is_transient_and_not_resent_by_the_sdk(slack):
     slack.script(CHANNEL_ID, Answer(drop=True))
 
     with pytest.raises(TransientChannelError, match="connection to Slack failed"):
-        slack_channel(slack).send(message())
+        slack_channel(slack).deliver(message())
 
     # The SDK's default ConnectionErrorRetryHandler would have posted again at once.
     assert len(slack.requests) == 1
@@ -236,7 +236,7 @@ def test_a_dropped_connection_is_transient_and_not_resent_by_the_sdk(slack):
 def test_no_server_listening_is_transient():
     channel = SlackChannel("slack", token=TOKEN, base_url=f"http://127.0.0.1:{free_port()}/api/", timeout=1)
     with pytest.raises(TransientChannelError, match="connection to Slack failed"):
-        channel.send(message())
+        channel.deliver(message())
 
 
 # --- validation and configuration -------------------------------------------------------------

@@ -138,7 +138,7 @@ def message(to: str = TO_NUMBER, body: str = "Your code is 123456") -> Message:
 
 
 def test_send_creates_the_message_and_returns_its_sid(twilio):
-    sid = sms_channel(twilio).send(message())
+    sid = sms_channel(twilio).deliver(message())
 
     assert sid == twilio.sids[0] and sid.startswith("SM")
     (request,) = twilio.requests
@@ -150,7 +150,7 @@ def test_send_creates_the_message_and_returns_its_sid(twilio):
 
 
 def test_send_through_a_messaging_service_names_the_service_and_no_from(twilio):
-    sms_channel(twilio, from_number=None, messaging_service_sid="MG" + "1" * 32).send(message())
+    sms_channel(twilio, from_number=None, messaging_service_sid="MG" + "1" * 32).deliver(message())
 
     (request,) = twilio.requests
     assert request.form == {"To": TO_NUMBER, "MessagingServiceSid": "MG" + "1" * 32, "Body": "Your code is 123456"}
@@ -159,7 +159,7 @@ def test_send_through_a_messaging_service_names_the_service_and_no_from(twilio):
 def test_twilio_region_or_edge_in_the_environment_does_not_move_the_base_url(twilio, monkeypatch):
     monkeypatch.setenv("TWILIO_REGION", "ie1")
     monkeypatch.setenv("TWILIO_EDGE", "dublin")
-    assert sms_channel(twilio).send(message()).startswith("SM")
+    assert sms_channel(twilio).deliver(message()).startswith("SM")
     assert len(twilio.requests) == 1
 
 
@@ -180,7 +180,7 @@ def test_twilio_refusals_are_permanent(twilio, code, status, text):
     twilio.script(TO_NUMBER, twilio_error(code, status, text))
 
     with pytest.raises(PermanentChannelError) as raised:
-        sms_channel(twilio).send(message())
+        sms_channel(twilio).deliver(message())
 
     assert raised.value.status == code
     assert str(code) in str(raised.value) and text in str(raised.value)
@@ -191,7 +191,7 @@ def test_wrong_credentials_are_refused_by_the_stand_in_and_permanent(twilio):
     channel = TwilioSmsChannel("sms", account_sid=ACCOUNT_SID, auth_token="revoked", from_number=FROM_NUMBER,
                                base_url=twilio.url, timeout=2)
     with pytest.raises(PermanentChannelError, match="20003"):
-        channel.send(message())
+        channel.deliver(message())
 
 
 @pytest.mark.parametrize("code", [20429, None])
@@ -202,7 +202,7 @@ def test_429_is_transient_and_carries_retry_after(twilio, code):
     twilio.script(TO_NUMBER, error)
 
     with pytest.raises(TransientChannelError) as raised:
-        sms_channel(twilio).send(message())
+        sms_channel(twilio).deliver(message())
 
     assert raised.value.retry_after == 7
     assert len(twilio.requests) == 1  # the SDK did not retry on its own
@@ -220,7 +220,7 @@ def test_concurrent_sends_each_get_their_own_answer_and_retry_after(twilio):
 
     def send(to):
         try:
-            return channel.send(message(to=to))
+            return channel.deliver(message(to=to))
         except TransientChannelError as exc:
             return exc.retry_after
 
@@ -235,7 +235,7 @@ def test_concurrent_sends_each_get_their_own_answer_and_retry_after(twilio):
 def test_full_sender_queue_is_transient(twilio):
     twilio.script(TO_NUMBER, twilio_error(21611, 400, "This 'From' number has exceeded the maximum number of queued messages"))
     with pytest.raises(TransientChannelError) as raised:
-        sms_channel(twilio).send(message())
+        sms_channel(twilio).deliver(message())
     assert raised.value.retry_after is None
 
 
@@ -251,7 +251,7 @@ def test_full_sender_queue_is_transient(twilio):
 def test_server_errors_are_transient(twilio, answer):
     twilio.script(TO_NUMBER, answer)
     with pytest.raises(TransientChannelError) as raised:
-        sms_channel(twilio).send(message())
+        sms_channel(twilio).deliver(message())
     assert raised.value.status == (answer.body["code"] if isinstance(answer.body, dict) else answer.status)
     assert raised.value.retry_after is None
 
@@ -259,7 +259,7 @@ def test_server_errors_are_transient(twilio, answer):
 def test_retry_after_on_a_503_is_honoured_too(twilio):
     twilio.script(TO_NUMBER, twilio_error(20503, 503, "Service Unavailable", headers={"Retry-After": "4"}))
     with pytest.raises(TransientChannelError) as raised:
-        sms_channel(twilio).send(message())
+        sms_channel(twilio).deliver(message())
     assert raised.value.retry_after == 4
 
 
@@ -268,7 +268,7 @@ def test_an_answer_slower_than_the_timeout_is_transient(twilio):
     started = time.monotonic()
 
     with pytest.raises(TransientChannelError, match="did not answer within 0.5s"):
-        sms_channel(twilio, timeout=0.5).send(message())
+        sms_channel(twilio, timeout=0.5).deliver(message())
 
     assert time.monotonic() - started < 2
 
@@ -276,7 +276,7 @@ def test_an_answer_slower_than_the_timeout_is_transient(twilio):
 def test_a_dropped_connection_is_transient(twilio):
     twilio.script(TO_NUMBER, Answer(drop=True))
     with pytest.raises(TransientChannelError, match="connection to Twilio failed"):
-        sms_channel(twilio).send(message())
+        sms_channel(twilio).deliver(message())
     assert len(twilio.requests) == 1
 
 
@@ -284,7 +284,7 @@ def test_no_server_listening_is_transient():
     channel = TwilioSmsChannel("sms", account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, from_number=FROM_NUMBER,
                                base_url=f"http://127.0.0.1:{free_port()}", timeout=1)
     with pytest.raises(TransientChannelError):
-        channel.send(message())
+        channel.deliver(message())
 
 
 @pytest.mark.parametrize("status", ["failed", "undelivered"])
@@ -292,7 +292,7 @@ def test_a_message_created_already_failed_is_a_permanent_failure_not_a_success(t
     twilio.script(TO_NUMBER, Answer(message_status=status, error_code=30007))
 
     with pytest.raises(PermanentChannelError) as raised:
-        sms_channel(twilio).send(message())
+        sms_channel(twilio).deliver(message())
 
     assert twilio.sids[0] in str(raised.value) and status in str(raised.value) and "30007" in str(raised.value)
 

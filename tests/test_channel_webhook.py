@@ -162,7 +162,7 @@ def dns(monkeypatch):
 class TestSend:
     def test_the_receiver_verifies_the_signature_and_gets_the_notification(self, receiver):
         message = msg("ops", body="Deploy finished", subject="deploy", metadata={"build": 42}, attempt=2)
-        provider_id = channel_for(receiver).send(message)
+        provider_id = channel_for(receiver).deliver(message)
 
         (request,) = receiver.received
         assert request.signature_valid
@@ -183,7 +183,7 @@ class TestSend:
         assert error.status == 401 and not strict.received[0].signature_valid
 
     def test_non_ascii_text_is_sent_as_utf8_json(self, receiver):
-        channel_for(receiver).send(msg("ops", body="Grüße ✓", metadata={"who": "Zoë"}))
+        channel_for(receiver).deliver(msg("ops", body="Grüße ✓", metadata={"who": "Zoë"}))
         assert receiver.received[0].json()["message"] == "Grüße ✓" and receiver.received[0].json()["metadata"] == {"who": "Zoë"}
 
     @pytest.mark.parametrize(
@@ -199,7 +199,7 @@ class TestSend:
     )
     def test_2xx_is_sent_with_the_receivers_id(self, reply, provider_id):
         with Receiver(lambda r: reply) as receiver:
-            assert channel_for(receiver).send(msg("ops")) == provider_id
+            assert channel_for(receiver).deliver(msg("ops")) == provider_id
 
     @pytest.mark.parametrize("status", [400, 401, 403, 404, 410, 422])
     def test_other_4xx_is_permanent(self, status):
@@ -249,7 +249,7 @@ class TestSend:
     def test_concurrent_sends_through_one_channel(self, receiver):
         channel = channel_for(receiver)
         with ThreadPoolExecutor(8) as pool:
-            ids = list(pool.map(lambda i: channel.send(msg("ops", body=f"n{i}")), range(16)))
+            ids = list(pool.map(lambda i: channel.deliver(msg("ops", body=f"n{i}")), range(16)))
         assert len(set(ids)) == 16 and len(receiver.received) == 16
         assert all(r.signature_valid for r in receiver.received)
         assert sorted(r.json()["message"] for r in receiver.received) == sorted(f"n{i}" for i in range(16))
@@ -266,7 +266,7 @@ class TestPrivateAddresses:
         assert receiver.received == [] and connections == []
 
         lenient = channel_for(allow_private_targets=True, allow_any_url=True, targets={})
-        assert lenient.send(msg(receiver.url)).startswith("rcv-")
+        assert lenient.deliver(msg(receiver.url)).startswith("rcv-")
         assert len(receiver.received) == 1 and connections == ["127.0.0.1"]
 
     @pytest.mark.parametrize(
@@ -304,15 +304,15 @@ class TestPrivateAddresses:
         answers = iter([["127.0.0.1"]])
         dns["hooks.rebind.test"] = lambda: next(answers, ["10.66.0.1"])
         channel = channel_for(allow_private_targets=True, targets={"ops": f"http://hooks.rebind.test:{receiver.port}/hook"})
-        assert channel.send(msg("ops")).startswith("rcv-")
+        assert channel.deliver(msg("ops")).startswith("rcv-")
         assert dns["lookups"] == ["hooks.rebind.test"] and connections == ["127.0.0.1"]
         assert receiver.received[0].headers["host"] == f"hooks.rebind.test:{receiver.port}"
 
     def test_each_send_resolves_afresh(self, receiver, dns, connections):
         dns["hooks.flip.test"] = ["127.0.0.1"]
         lenient = channel_for(allow_private_targets=True, targets={"ops": f"http://hooks.flip.test:{receiver.port}/hook"})
-        lenient.send(msg("ops"))
-        lenient.send(msg("ops"))
+        lenient.deliver(msg("ops"))
+        lenient.deliver(msg("ops"))
         assert dns["lookups"] == ["hooks.flip.test", "hooks.flip.test"]
 
     @pytest.mark.parametrize(

@@ -274,7 +274,8 @@ def test_a_new_channel_is_one_class_plus_one_settings_entry(db, with_pager):
 
     listed = client.get("/api/v1/channels")
     channels = {c["name"]: c for c in listed.json()["channels"]}
-    assert channels["pager"] == {"name": "pager", "kind": "pager", "backend": "tests.channel_backends.PagerChannel"}
+    assert channels["pager"] == {"name": "pager", "kind": "pager", "backend": "tests.channel_backends.PagerChannel",
+                                 "send_timeout": 10.0}
     assert {"email-log", "sms-log", "slack-log", "fake"} <= set(channels)
     assert b"s3cret" not in listed.content  # options (secrets) are never shown
 
@@ -299,9 +300,9 @@ def test_fake_fails_the_first_attempts_transiently_then_succeeds():
     channel = FakeChannel("fake", fail_first_attempts=2, retry_after=7)
     for attempt in (1, 2):
         with pytest.raises(TransientChannelError) as caught:
-            channel.send(msg(attempt=attempt))
+            channel.deliver(msg(attempt=attempt))
         assert caught.value.retry_after == 7
-    provider_ids = {channel.send(msg(attempt=attempt)) for attempt in (3, 4)}
+    provider_ids = {channel.deliver(msg(attempt=attempt)) for attempt in (3, 4)}
     assert len(provider_ids) == 2
     assert all(isinstance(i, str) and i.startswith("fake-") for i in provider_ids)
 
@@ -310,14 +311,14 @@ def test_fake_permanent_rate_one_always_fails_permanently():
     channel = FakeChannel("fake", permanent_rate=1)
     for attempt in range(1, 20):
         with pytest.raises(PermanentChannelError):
-            channel.send(msg(attempt=attempt))
+            channel.deliver(msg(attempt=attempt))
 
 
 def test_fake_transient_rate_one_always_fails_transiently():
     channel = FakeChannel("fake", transient_rate=1)
     for attempt in range(1, 20):
         with pytest.raises(TransientChannelError) as caught:
-            channel.send(msg(attempt=attempt))
+            channel.deliver(msg(attempt=attempt))
         assert not isinstance(caught.value, PermanentChannelError)
 
 
@@ -325,5 +326,6 @@ def test_fake_by_default_always_succeeds_and_accepts_any_recipient():
     channel = FakeChannel("fake")
     message = msg("anything at all")
     assert channel.validate(message) is message
-    assert channel.send(message).startswith("fake-")
-    assert channel.describe() == {"name": "fake", "kind": "fake", "backend": "channels.backends.fake.FakeChannel", "latency_ms": 0}
+    assert channel.deliver(message).startswith("fake-")
+    assert channel.describe() == {"name": "fake", "kind": "fake", "backend": "channels.backends.fake.FakeChannel",
+                                  "latency_ms": 0, "send_timeout": 1.0}

@@ -3,7 +3,8 @@ take the row over while it is still being sent, and two dispatchers send it at o
 
 The chaos suite found it: a START-ed send could wait in the pool's queue for a thread (up to
 one send's time) and then run for up to another one, past the lease. These tests pin the
-budget down without a database: START is replaced where a row would be started.
+budget down without a database: START is replaced where a row would be started. A send's time
+is its channel's deadline (Channel.deliver gives up then), plus the slack of giving up.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 from channels.base import Channel, Message
 from outbox import dispatcher as dispatcher_module
 from outbox import store
-from outbox.dispatcher import Dispatcher
+from outbox.dispatcher import DEADLINE_SLACK, Dispatcher, lease_allows_send
 from outbox.retry import RetryPolicy
 
 SEND_TIMEOUT = 1.0
@@ -24,10 +25,10 @@ SEND_TIMEOUT = 1.0
 
 class RecordingChannel(Channel):
     kind = "test"
-    send_timeout = SEND_TIMEOUT
+    sends_in_process = True
 
     def __init__(self, name: str):
-        super().__init__(name)
+        super().__init__(name, timeout=SEND_TIMEOUT)
         self.sent: list[Message] = []
 
     def send(self, message: Message) -> str:
@@ -39,7 +40,7 @@ class RecordingPool:
     def __init__(self):
         self.submitted: list[store.Delivery] = []
 
-    def submit(self, fn, delivery):
+    def submit(self, fn, lane, delivery):
         self.submitted.append(delivery)
 
 
@@ -55,6 +56,10 @@ def dispatcher(channel, monkeypatch):
     return Dispatcher(channels={"test": channel}, threads=2, retry_policy=RetryPolicy(0.1, 1, 5))
 
 
+# What one send needs of its lease: its deadline, and the slack of abandoning it there.
+ONE_SEND = SEND_TIMEOUT + DEADLINE_SLACK
+
+
 def delivery(lease_left: float, outbox_id: int = 1) -> store.Delivery:
     return store.Delivery(
         outbox_id=outbox_id, lease_token=uuid.uuid4(), channel="test",
@@ -63,42 +68,74 @@ def delivery(lease_left: float, outbox_id: int = 1) -> store.Delivery:
     )
 
 
-def test_with_a_free_thread_a_send_needs_one_send_timeout_of_lease(dispatcher):
-    dispatcher._in_flight = 1  # of 2 threads: one is free
-    row = delivery(lease_left=1.5 * SEND_TIMEOUT)
-    pool = RecordingPool()
-    assert dispatcher._start_ready(pool) is False  # nothing ready yet
-    dispatcher._ready.append(row)
-    assert dispatcher._start_ready(pool) is True
-    assert pool.submitted == [row]
+def test_the_lease_budget_is_one_send_with_a_free_thread_and_two_when_a_thread_must_be_waited_for():
+    assert lease_allows_send(lease_left=ONE_SEND, send_timeout=SEND_TIMEOUT)
+    assert not lease_allows_send(lease_left=ONE_SEND - 0.01, send_timeout=SEND_TIMEOUT)
+    assert lease_allows_send(lease_left=2 * ONE_SEND, send_timeout=SEND_TIMEOUT, waits_for_a_thread=True)
+    assert not lease_allows_send(lease_left=2 * ONE_SEND - 0.01, send_timeout=SEND_TIMEOUT, waits_for_a_thread=True)
 
 
-def test_a_send_that_would_wait_for_a_thread_needs_two_send_timeouts_else_it_waits_unstarted(dispatcher):
-    dispatcher._in_flight = 2  # every thread busy: a started send would queue for one
-    short, long = delivery(1.5 * SEND_TIMEOUT, 1), delivery(3 * SEND_TIMEOUT, 2)
-    dispatcher._ready.extend([short, long])
-    pool = RecordingPool()
-    assert dispatcher._start_ready(pool) is True
-    assert pool.submitted == [long]  # enough lease for the wait and the send
-    assert list(dispatcher._ready) == [short]  # not started (a cancel still wins), not dropped
-    assert dispatcher._held
+@pytest.fixture
+def lane(dispatcher):
+    lane = dispatcher.lanes["test"]
+    lane.pool.shutdown()
+    lane.pool = RecordingPool()
+    return lane
 
 
-def test_a_held_row_wakes_the_claim_loop_as_soon_as_a_thread_is_free(dispatcher):
-    dispatcher._held = True
-    dispatcher._in_flight = 2
+def test_with_a_free_thread_a_send_needs_one_send_of_lease(dispatcher, lane):
+    lane.in_flight = 1  # of 2 threads: one is free
+    row = delivery(lease_left=ONE_SEND + 0.3)
+    assert dispatcher._start_ready(lane) is False  # nothing ready yet
+    lane.ready.append(row)
+    assert dispatcher._start_ready(lane) is True
+    assert lane.pool.submitted == [row]
+
+
+def test_a_send_that_would_wait_for_a_thread_needs_two_sends_of_lease_else_it_waits_unstarted(dispatcher, lane):
+    lane.in_flight = 2  # every thread busy: a started send would queue for one
+    short, long = delivery(ONE_SEND + 0.3, 1), delivery(2 * ONE_SEND + 0.3, 2)
+    lane.ready.extend([short, long])
+    assert dispatcher._start_ready(lane) is True
+    assert lane.pool.submitted == [long]  # enough lease for the wait and the send
+    assert list(lane.ready) == [short]  # not started (a cancel still wins), not dropped
+    assert lane.held
+
+
+def test_a_held_row_wakes_the_claim_loop_as_soon_as_a_thread_is_free(dispatcher, lane):
+    lane.held = True
+    lane.in_flight = 2
     dispatcher._wake.clear()
-    dispatcher._send(delivery(lease_left=0.1))  # finishes at once (see the next test)
-    assert dispatcher._in_flight == 1 and dispatcher._wake.is_set()
+    dispatcher._send(lane, delivery(lease_left=0.1))  # finishes at once (see the next test)
+    assert lane.in_flight == 1 and dispatcher._wake.is_set()
 
 
 def test_a_send_whose_lease_ran_short_before_a_thread_took_it_is_not_sent_but_released(dispatcher, channel):
-    outcome = dispatcher._attempt(delivery(lease_left=0.5 * SEND_TIMEOUT))
+    outcome = dispatcher._attempt(channel, delivery(lease_left=0.5 * SEND_TIMEOUT))
     assert channel.sent == []
     assert outcome.status == "retrying" and outcome.retry_delay == 0
     assert "not sent" in outcome.error
 
 
 def test_a_send_with_lease_enough_is_sent(dispatcher, channel):
-    outcome = dispatcher._attempt(delivery(lease_left=2 * SEND_TIMEOUT))
-    assert outcome.status == "sent" and len(channel.sent) == 1
+    outcome = dispatcher._attempt(channel, delivery(lease_left=2 * ONE_SEND))
+    assert outcome.status == "sent" and len(channel.sent) == 1 and outcome.provider_message_id == "provider-id"
+
+
+def test_a_channel_that_hangs_takes_only_its_own_lane_so_the_others_keep_their_threads(monkeypatch):
+    monkeypatch.setattr(dispatcher_module.store, "start", lambda group, dispatcher: {d.outbox_id for d in group})
+    hanging, healthy = RecordingChannel("hanging"), RecordingChannel("healthy")
+    dispatcher = Dispatcher(channels={"hanging": hanging, "healthy": healthy}, threads=2,
+                            retry_policy=RetryPolicy(0.1, 1, 5))
+    for lane in dispatcher.lanes.values():
+        lane.pool.shutdown()
+        lane.pool = RecordingPool()
+    stuck = dispatcher.lanes["hanging"]
+    stuck.in_flight = stuck.max_started  # every thread of its lane taken, and as many queued
+    stuck.ready.append(delivery(lease_left=60, outbox_id=1))
+    assert not stuck.wants_rows(dispatcher.batch_size)  # it claims nothing more for now
+    free = dispatcher.lanes["healthy"]
+    assert free.wants_rows(dispatcher.batch_size) and free.in_flight == 0
+    assert dispatcher._start_ready(stuck) is False and stuck.pool.submitted == []
+    free.ready.append(delivery(lease_left=60, outbox_id=2))
+    assert dispatcher._start_ready(free) is True and len(free.pool.submitted) == 1

@@ -24,13 +24,15 @@ Options:
   other settings by their lower-case names.
 - `from_email` (required): the sender, "addr@example.com" or "Name <addr@example.com>".
 - `allow_from_override` (default false): a notification's metadata may then carry "from_email".
-- `timeout` (seconds, default 10): bounds each network wait (connect, each reply); also the
-  channel's `send_timeout`. A `timeout` in `connection` takes precedence for the backend.
+- `timeout` (seconds, default 10): the send's deadline, everything included (the channel's
+  `send_timeout`). The backend's own `connection.timeout` (default: the same) bounds each of
+  its network waits; a larger one raises the deadline to it.
 
 Each send opens its own connection (a new backend instance) and closes it, so concurrent
 sends on dispatcher threads share nothing. The result is the provider's message id: the ESP's
 (Anymail's `message.anymail_status.message_id`), or for SMTP and other backends the
-Message-ID header generated here.
+Message-ID header generated here. An ESP's 2xx answer that Anymail cannot parse still means
+the ESP took the message: it counts as sent, without an id (Channel.deliver decides that).
 """
 
 from __future__ import annotations
@@ -63,19 +65,19 @@ from ..validation import LIMITS, validate_email_message
 
 try:  # Anymail is needed only for ESP backends; plain SMTP works without it.
     from anymail.backends.base import AnymailBaseBackend
-    from anymail.exceptions import AnymailAPIError, AnymailError, AnymailRecipientsRefused
+    from anymail.exceptions import AnymailError, AnymailRecipientsRefused
 except ImportError:  # pragma: no cover - exercised only where django-anymail is absent
-    AnymailBaseBackend = AnymailAPIError = AnymailError = AnymailRecipientsRefused = None
+    AnymailBaseBackend = AnymailError = AnymailRecipientsRefused = None
 
 logger = logging.getLogger("channels.email")
 
 DEFAULT_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
-PROVIDER_ID_MAX = 255  # NotificationEvent.provider_message_id
 _SMTP_OPTIONS = frozenset(inspect.signature(SMTPBackend.__init__).parameters) - {"self", "kwargs", "fail_silently"}
 
 
 class EmailChannel(Channel):
     kind = "email"
+    accepted_on_http_2xx = True  # an ESP's API accepted it; SMTP has no HTTP status
 
     def __init__(
         self,
@@ -87,16 +89,17 @@ class EmailChannel(Channel):
         allow_from_override: bool = False,
         timeout: float = 10.0,
     ):
-        super().__init__(name)
-        if not _positive_number(timeout):
-            raise ChannelConfigurationError(f"channel {name!r}: timeout must be a positive number of seconds")
+        connection = dict(connection or {})
+        connection.setdefault("timeout", timeout)
+        if not _positive_number(connection["timeout"]):
+            raise ChannelConfigurationError(f"channel {name!r}: connection.timeout must be a positive number of seconds")
+        super().__init__(name, timeout=max(timeout, connection["timeout"]) if _positive_number(timeout) else timeout)
         self.backend_path = backend
         self.backend_class = _import_backend(name, backend)
         self.is_esp = AnymailBaseBackend is not None and issubclass(self.backend_class, AnymailBaseBackend)
         esp_name = getattr(self.backend_class, "esp_name", None)
         self.esp_name = esp_name if isinstance(esp_name, str) else "the ESP"
 
-        connection = dict(connection or {})
         if "fail_silently" in connection:
             raise ChannelConfigurationError(f"channel {name!r}: connection.fail_silently is not allowed (failures must be seen)")
         if issubclass(self.backend_class, SMTPBackend):
@@ -108,11 +111,7 @@ class EmailChannel(Channel):
                 )
         if self.is_esp and "api_key" in connection and not connection["api_key"]:
             raise ChannelConfigurationError(f"channel {name!r}: connection.api_key is empty")
-        connection.setdefault("timeout", timeout)
-        if not _positive_number(connection["timeout"]):
-            raise ChannelConfigurationError(f"channel {name!r}: connection.timeout must be a positive number of seconds")
         self.connection_options = connection
-        self.send_timeout = float(max(timeout, connection["timeout"]))
 
         try:
             self.from_email, self._message_id_domain = _check_sender(from_email)
@@ -157,10 +156,6 @@ class EmailChannel(Channel):
             sent = connection.send_messages([email])
         except Exception as exc:
             _close_quietly(connection)
-            accepted = self._accepted_despite(exc)
-            if accepted:
-                logger.warning("%s: %s accepted the message but its answer was not understood: %s", self.name, self.backend_path, exc)
-                return ""
             error = self._classify(exc)
             if error is None:
                 raise
@@ -169,8 +164,8 @@ class EmailChannel(Channel):
         if not sent:
             raise PermanentChannelError(f"{self.backend_path} sent nothing (no recipient, or the send was cancelled)", channel=self.name)
         if self.is_esp:
-            return str(email.anymail_status.message_id or "")[:PROVIDER_ID_MAX]
-        return email.extra_headers["Message-ID"][:PROVIDER_ID_MAX]
+            return str(email.anymail_status.message_id or "")
+        return email.extra_headers["Message-ID"]
 
     def _new_backend(self) -> BaseEmailBackend:
         return self.backend_class(fail_silently=False, **self.connection_options)
@@ -197,12 +192,6 @@ class EmailChannel(Channel):
         )
 
     # --- failures: every provider's answer mapped in one place --------------------------------
-
-    def _accepted_despite(self, exc: Exception) -> bool:
-        """An ESP answered 2xx (it accepted the message) but Anymail could not parse the
-        answer. Retrying would send the email twice, so it counts as sent (without an id)."""
-        status = getattr(exc, "status_code", None) if AnymailAPIError and isinstance(exc, AnymailAPIError) else None
-        return isinstance(status, int) and 200 <= status < 300
 
     def _classify(self, exc: Exception) -> ChannelError | None:
         """Map a failed send to Transient or Permanent; None for an error that is not a send
@@ -247,7 +236,7 @@ class EmailChannel(Channel):
             return TransientChannelError(f"cannot reach the mail server: {exc}", channel=self.name)
         return None
 
-    def _classify_esp(self, exc: Exception) -> ChannelError:
+    def _classify_esp(self, exc: Exception) -> ChannelError | None:
         esp = self.esp_name
         if isinstance(exc, AnymailRecipientsRefused):
             # Anymail: "all message recipients were rejected or invalid" (the ESP's status
@@ -259,6 +248,9 @@ class EmailChannel(Channel):
             return TransientChannelError(f"cannot reach {esp}: {exc.__cause__ or exc}", channel=self.name)
         status = getattr(exc, "status_code", None)
         response = getattr(exc, "response", None)
+        if isinstance(status, int) and 200 <= status < 300:
+            # The ESP took the message but Anymail could not parse its answer: not a failure.
+            return None
         if not isinstance(status, int):
             # AnymailInvalidAddress, AnymailUnsupportedFeature, AnymailSerializationError:
             # the message cannot be sent as it stands.

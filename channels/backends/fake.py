@@ -19,6 +19,7 @@ from ..errors import PermanentChannelError, TransientChannelError
 
 class FakeChannel(Channel):
     kind = "fake"
+    sends_in_process = True
 
     def __init__(
         self,
@@ -30,13 +31,12 @@ class FakeChannel(Channel):
         fail_first_attempts: int = 0,
         retry_after: float | None = None,
     ):
-        super().__init__(name)
+        super().__init__(name, timeout=latency_ms / 1000 + 1.0)
         self.latency = latency_ms / 1000
         self.transient_rate = transient_rate
         self.permanent_rate = permanent_rate
         self.fail_first_attempts = fail_first_attempts
         self.retry_after = retry_after
-        self.send_timeout = self.latency + 1.0
 
     def send(self, message: Message) -> str:
         if self.latency:

@@ -19,10 +19,10 @@ logger = logging.getLogger("channels.log")
 class LogChannel(Channel):
     """Options: `kind` = "email", "sms" or "slack" (which recipients it accepts)."""
 
-    send_timeout = 1.0
+    sends_in_process = True
 
     def __init__(self, name: str, *, kind: str):
-        super().__init__(name, kind=kind)
+        super().__init__(name, timeout=1.0, kind=kind)
         if kind not in VALIDATORS:
             raise ChannelConfigurationError(f"channel {name!r}: kind must be one of {sorted(VALIDATORS)}")
         self.kind = kind

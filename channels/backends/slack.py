@@ -7,7 +7,7 @@
 Options:
 - `token`: a bot token (xoxb-...) with the chat:write scope (required; keep it in the environment).
 - `base_url`: the Web API's root, default "https://slack.com/api/" (a local stand-in in tests).
-- `timeout`: seconds to wait to connect, and then for each read of the answer (default 10).
+- `timeout`: the send's deadline in seconds, everything included (default 10).
 
 Recipients are channel ids (C..., G...), user ids (U..., W...; Slack opens the direct message)
 or #channel-names. `send()` returns "<channel id>/<ts>", the message's address in Slack.
@@ -82,22 +82,16 @@ class SlackChannel(Channel):
     kind = "slack"
 
     def __init__(self, name: str, *, token: str, base_url: str = SLACK_API_URL, timeout: float = 10.0):
-        super().__init__(name, base_url=base_url, timeout=timeout)
+        super().__init__(name, timeout=timeout, base_url=base_url)
         if not token or not token.strip():
             raise ChannelConfigurationError(f"channel {name!r}: token is required (a bot token, xoxb-...)")
         if not isinstance(base_url, str) or not base_url.startswith(("https://", "http://")):
             raise ChannelConfigurationError(f"channel {name!r}: base_url must be an http(s) URL, not {base_url!r}")
-        if not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise ChannelConfigurationError(f"channel {name!r}: timeout must be a positive number of seconds")
         self.base_url = base_url
-        self.timeout = float(timeout)
-        # The connect and each read are bounded by `timeout` (socket timeouts); one more second
-        # covers the rest. The dispatcher starts a send only with this much lease left.
-        self.send_timeout = 2 * self.timeout + 1
         # No retry handlers: the SDK's default one resends after a dropped connection, which
         # could post twice, and its rate-limit handler would sleep on a dispatcher thread.
         # A WebClient keeps no per-call state (one urllib request per call): safe to share.
-        self._client = WebClient(token=token, base_url=base_url, timeout=self.timeout, retry_handlers=[])
+        self._client = WebClient(token=token, base_url=base_url, timeout=self.send_timeout, retry_handlers=[])
 
     def validate(self, message: Message) -> Message:
         return validate_slack_message(message)
@@ -110,7 +104,7 @@ class SlackChannel(Channel):
         except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, dropped connections
             timed_out = isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError)
             if timed_out:
-                raise TransientChannelError(f"Slack did not answer within {self.timeout:g}s", channel=self.name) from exc
+                raise TransientChannelError(f"Slack did not answer within {self.send_timeout:g}s", channel=self.name) from exc
             raise TransientChannelError(f"connection to Slack failed: {_describe(exc)}", channel=self.name) from exc
         channel, ts = response.get("channel"), response.get("ts")
         return "/".join(part for part in (channel, ts) if part)

@@ -12,12 +12,13 @@ Options:
 - `from_number` or `messaging_service_sid`: exactly one; the sender Twilio sends from.
 - `base_url`: the API's root, default "https://api.twilio.com" (a regional endpoint such as
   "https://api.dublin.ie1.twilio.com", or a local stand-in in tests).
-- `timeout`: seconds to wait to connect, and then for each read of the answer (default 10).
+- `timeout`: the send's deadline in seconds, everything included (default 10).
 
 `send()` creates the message (POST /2010-04-01/Accounts/{AccountSid}/Messages.json) and returns
 its SID. Twilio accepting the request only queues the message; delivery reports arrive later
 by status callback, which this channel does not receive. An answer that already says the
-message failed is a failure, not a success.
+message failed is a failure, not a success. A 2xx answer that cannot be read (not JSON, too
+large, cut off) still means Twilio created the message: it counts as sent, without a SID.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ FAILED_STATUSES = {"failed", "undelivered"}
 
 class TwilioSmsChannel(Channel):
     kind = "sms"
+    accepted_on_http_2xx = True  # 201 Created
 
     def __init__(
         self,
@@ -85,26 +87,19 @@ class TwilioSmsChannel(Channel):
         base_url: str = TWILIO_API_URL,
         timeout: float = 10.0,
     ):
-        super().__init__(name, account_sid=account_sid, from_number=from_number,
-                         messaging_service_sid=messaging_service_sid, base_url=base_url, timeout=timeout)
+        super().__init__(name, timeout=timeout, account_sid=account_sid, from_number=from_number,
+                         messaging_service_sid=messaging_service_sid, base_url=base_url)
         if not account_sid or not auth_token:
             raise ChannelConfigurationError(f"channel {name!r}: account_sid and auth_token are required")
         if bool(from_number) == bool(messaging_service_sid):
             raise ChannelConfigurationError(f"channel {name!r}: set exactly one of from_number and messaging_service_sid")
         if not isinstance(base_url, str) or not base_url.startswith(("https://", "http://")):
             raise ChannelConfigurationError(f"channel {name!r}: base_url must be an http(s) URL, not {base_url!r}")
-        if not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise ChannelConfigurationError(f"channel {name!r}: timeout must be a positive number of seconds")
 
         self.account_sid = account_sid
         self.sender = {"from_": from_number} if from_number else {"messaging_service_sid": messaging_service_sid}
         self.base_url = base_url
-        self.timeout = float(timeout)
-        # The connect and each read are bounded by `timeout` (requests' semantics); one more
-        # second covers the rest. The dispatcher starts a send only with this much lease left.
-        self.send_timeout = 2 * self.timeout + 1
-
-        self._http = _HttpClient(timeout=self.timeout)
+        self._http = _HttpClient(timeout=self.send_timeout)
         client = Client(account_sid, auth_token, http_client=self._http)
         # base_url alone decides the host: TWILIO_EDGE / TWILIO_REGION in the environment
         # would otherwise make the SDK rewrite it.
@@ -122,7 +117,7 @@ class TwilioSmsChannel(Channel):
         except (TwilioRestException, TwilioServiceException) as exc:
             raise self._error(exc) from exc
         except requests.Timeout as exc:
-            raise TransientChannelError(f"Twilio did not answer within {self.timeout:g}s: {exc}", channel=self.name) from exc
+            raise TransientChannelError(f"Twilio did not answer within {self.send_timeout:g}s: {exc}", channel=self.name) from exc
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
             raise TransientChannelError(f"connection to Twilio failed: {exc}", channel=self.name) from exc
 

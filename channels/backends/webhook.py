@@ -20,8 +20,8 @@ Options:
 - `targets`: a table key -> URL; a notification's `to` is a key.
 - `allow_any_url` (default false): `to` may also be an http(s) URL itself.
 - `allow_private_targets` (default false): see below.
-- `timeout` (seconds, default 10): bounds connecting and each wait for the answer; also the
-  channel's `send_timeout`.
+- `timeout` (seconds, default 10): the send's deadline, everything included (the channel's
+  `send_timeout`).
 
 Server-side request forgery: unless `allow_private_targets`, a target must not be a loopback,
 private, link-local, multicast, reserved or unspecified address (IPv4 or IPv6, IPv4-mapped and
@@ -32,8 +32,9 @@ to a private address, or a second look-up that answers differently (DNS rebindin
 reach inside. Redirects are not followed and environment proxies are ignored. A refused target
 is a permanent failure.
 
-Outcomes: 2xx sent (the provider message id is the answer's JSON "id", else its X-Request-Id
-header, else ""); 408, 429 and 5xx transient (Retry-After honoured, seconds or HTTP-date);
+Outcomes: the status decides. 2xx sent (the provider message id is the answer's JSON "id",
+else its X-Request-Id header, else ""; a 2xx whose body cannot be read is sent too); 408, 429
+and 5xx transient (Retry-After honoured, seconds or HTTP-date);
 other statuses permanent; connection errors and timeouts transient.
 """
 
@@ -70,7 +71,6 @@ SIGNATURE_HEADER = "X-Notify-Signature"
 TIMESTAMP_HEADER = "X-Notify-Timestamp"
 NOTIFICATION_ID_HEADER = "X-Notify-Notification-Id"
 URL_MAX = 2048
-PROVIDER_ID_MAX = 255  # NotificationEvent.provider_message_id
 RESPONSE_READ_MAX = 64 * 1024  # of the answer's body, for its "id"; the rest is not read
 USER_AGENT = "notify-webhook/1"
 
@@ -83,6 +83,7 @@ def sign(secret: str | bytes, timestamp: str, body: bytes) -> str:
 
 class WebhookChannel(Channel):
     kind = "webhook"
+    accepted_on_http_2xx = True
 
     def __init__(
         self,
@@ -94,19 +95,15 @@ class WebhookChannel(Channel):
         allow_private_targets: bool = False,
         timeout: float = 10.0,
     ):
-        super().__init__(name)
+        super().__init__(name, timeout=timeout)
         if not isinstance(secret, str) or not secret:
             raise ChannelConfigurationError(f"channel {name!r}: secret must be a non-empty string")
-        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
-            raise ChannelConfigurationError(f"channel {name!r}: timeout must be a positive number of seconds")
         targets = dict(targets or {})
         if not targets and not allow_any_url:
             raise ChannelConfigurationError(f"channel {name!r}: no targets, and allow_any_url is false: nothing could be sent")
         self._secret = secret.encode()
         self.allow_any_url = bool(allow_any_url)
         self.allow_private_targets = bool(allow_private_targets)
-        self.timeout = float(timeout)
-        self.send_timeout = self.timeout
         for key, url in targets.items():
             problem = _url_problem(url, allow_private=self.allow_private_targets) if isinstance(url, str) else "not a string"
             if problem:
@@ -157,7 +154,7 @@ class WebhookChannel(Channel):
         with self._session() as session:
             try:
                 with session.post(
-                    url, data=body, headers=headers, timeout=(self.timeout, self.timeout),
+                    url, data=body, headers=headers, timeout=self.send_timeout,
                     allow_redirects=False, stream=True,
                 ) as response:
                     content = _read_start(response)
@@ -212,7 +209,7 @@ class WebhookChannel(Channel):
         if isinstance(exc, RefusedTarget):
             return PermanentChannelError(f"refused target {host}: {exc} (allow_private_targets is false)", channel=self.name)
         if isinstance(exc, requests.Timeout):
-            return TransientChannelError(f"webhook {host} did not answer within {self.timeout}s", channel=self.name)
+            return TransientChannelError(f"webhook {host} did not answer within {self.send_timeout:g}s", channel=self.name)
         if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema, requests.exceptions.MissingSchema)):
             return PermanentChannelError(f"webhook URL is not usable: {exc}", channel=self.name)
         if isinstance(exc, (requests.RequestException, OSError)):  # refused, reset, dropped, TLS
@@ -249,8 +246,8 @@ def _provider_id(response: requests.Response, content: bytes) -> str:
     except ValueError:
         data = None
     if isinstance(data, dict) and isinstance(data.get("id"), (str, int)) and not isinstance(data.get("id"), bool):
-        return str(data["id"])[:PROVIDER_ID_MAX]
-    return (response.headers.get("X-Request-Id") or "")[:PROVIDER_ID_MAX]
+        return str(data["id"])
+    return response.headers.get("X-Request-Id") or ""
 
 
 def _reason(exc: Exception) -> str:

@@ -6,7 +6,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from channels.registry import all_channels
-from outbox.dispatcher import Dispatcher
+from outbox.dispatcher import DEADLINE_SLACK, Dispatcher, lease_allows_send
 from outbox.retry import RetryPolicy
 from outbox.supervisor import Supervisor
 
@@ -22,7 +22,8 @@ class Command(BaseCommand):
         parser.add_argument("--processes", type=int, default=os.cpu_count() or 1,
                             help="dispatcher processes (default: one per CPU)")
         parser.add_argument("--threads", type=int, default=16,
-                            help="concurrent sends per process (default 16)")
+                            help="concurrent sends per channel, in each process (default 16); each channel "
+                                 "sends on threads of its own, so a provider that hangs holds up only its channel")
         parser.add_argument("--channels", default="",
                             help="comma-separated channel names to serve (default: all configured)")
         parser.add_argument("--batch-size", type=int, default=100,
@@ -53,10 +54,10 @@ class Command(BaseCommand):
         if options["metrics_port"] is not None and not 0 < options["metrics_port"] < 65536:
             raise CommandError("--metrics-port must be between 1 and 65535")
         slowest = max(channels.values(), key=lambda c: c.send_timeout)
-        if slowest.send_timeout >= options["lease_seconds"]:
+        if not lease_allows_send(lease_left=options["lease_seconds"], send_timeout=slowest.send_timeout):
             raise CommandError(
                 f"--lease-seconds ({options['lease_seconds']}) must exceed the send timeout of channel "
-                f"{slowest.name!r} ({slowest.send_timeout}s)"
+                f"{slowest.name!r} ({slowest.send_timeout:g}s) by at least {DEADLINE_SLACK}s"
             )
 
         def run_one() -> int:
