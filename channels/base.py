@@ -31,8 +31,9 @@ from .provider_text import ERROR_MAX, ID_MAX, clean, clean_seconds, clean_status
 
 try:  # under requests; not every channel needs it
     from urllib3.exceptions import HTTPError as Urllib3Error
+    from urllib3.exceptions import TimeoutError as Urllib3Timeout
 except ImportError:  # pragma: no cover
-    Urllib3Error = OSError
+    Urllib3Error = Urllib3Timeout = OSError
 
 logger = logging.getLogger("channels")
 
@@ -42,6 +43,7 @@ DEFAULT_TIMEOUT = 10.0
 ANSWER_LIMIT = 1024 * 1024
 # The failures of the network and of the protocols on it: worth another try later.
 NETWORK_ERRORS = (OSError, http.client.HTTPException, Urllib3Error)  # OSError: sockets, TLS, requests, smtplib
+TIMEOUTS = (TimeoutError, Urllib3Timeout)  # TimeoutError: socket.timeout; requests wraps urllib3's
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,9 @@ class Channel(ABC):
 
     def _unexpected(self, exc: Exception) -> ChannelError:
         described = clean(f"{type(exc).__name__}: {exc}", limit=ERROR_MAX)
+        if _timed_out(exc):
+            return TransientChannelError(f"the provider did not answer within {self.send_timeout:g}s ({described})",
+                                         channel=self.name)
         if isinstance(exc, NETWORK_ERRORS):
             return TransientChannelError(f"cannot reach the provider: {described}", channel=self.name)
         # A bug, or an answer the backend does not understand: the same message would fail
@@ -160,3 +165,16 @@ class Channel(ABC):
         logger.error("channel %s: unexpected error in send: %s\n%s", self.name, described,
                      "\n".join(clean(line, limit=ERROR_MAX) for line in trace.splitlines()[-40:]))
         return PermanentChannelError(f"unexpected {described}", channel=self.name)
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether a timeout is behind `exc`: itself, or what it wraps (requests and urllib3 wrap
+    a socket timeout once or twice, as a cause or as their first argument)."""
+    for _ in range(8):
+        if isinstance(exc, TIMEOUTS):
+            return True
+        inner = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None
+        exc = exc.__cause__ or inner or exc.__context__
+        if exc is None:
+            return False
+    return False

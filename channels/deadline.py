@@ -16,17 +16,19 @@ Both rest on an audit hook (PEP 578: the interpreter reports socket and http.cli
 it, on the thread that causes them), which acts only on threads that run a ProviderCall. It
 also, before the deadline, shortens a connect's timeout to the time left, and puts every HTTP
 answer read through http.client (underneath requests, urllib3 and urllib, so under every SDK
-here) behind a byte budget: headers and bodies together, at most `answer_limit` bytes per
-call, past which reading fails with AnswerTooLarge. The status of the last HTTP answer whose
+here) and every SMTP reply read by smtplib behind a byte budget: at most `answer_limit` bytes
+per call, past which reading fails with AnswerTooLarge. The status of the last HTTP answer whose
 headers were read is kept (`last_http_status`): a channel can tell "the provider took it, but
 its answer was unreadable" from "no answer".
 """
 
 from __future__ import annotations
 
+import functools
 import http.client
 import io
 import queue
+import smtplib
 import socket
 import sys
 import threading
@@ -167,6 +169,9 @@ def _audit(event: str, args: tuple) -> None:
             sock.settimeout(left)
     elif event == "socket.getaddrinfo":
         call._time_left()
+    elif event == "smtplib.connect":  # its replies, the greeting first, count like HTTP answers
+        smtp = args[0]
+        smtp.getreply = functools.partial(_budgeted_getreply, smtp, call)
     elif event == "http.client.send":
         connection = args[0]
         if connection.response_class is not _BoundedResponse:
@@ -175,6 +180,14 @@ def _audit(event: str, args: tuple) -> None:
             timeout, left = connection.sock.gettimeout(), call._time_left()
             if timeout is None or timeout > left:
                 connection.sock.settimeout(left)
+
+
+def _budgeted_getreply(smtp: smtplib.SMTP, call: ProviderCall):
+    """SMTP.getreply, reading through the call's budget (smtplib reads a reply's lines until
+    one ends it, however many there are)."""
+    if smtp.file is None and smtp.sock is not None:
+        smtp.file = _BudgetedReader(smtp.sock.makefile("rb"), call)
+    return type(smtp).getreply(smtp)
 
 
 class _BoundedResponse(http.client.HTTPResponse):

@@ -181,6 +181,112 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
+# --- a hostile provider --------------------------------------------------------------------------
+
+
+HOSTILE_ANSWERS = ("drip", "endless_body", "big_body", "silent", "huge_headers")
+
+
+class HostileServer:
+    """A loopback server that reads each request and then answers as a broken or hostile
+    provider would, below HTTP's rules where need be:
+
+    - "drip": a status line, then one header line every `drip_seconds`, forever;
+    - "endless_body": `status` and headers, then a body that never ends (as fast as it goes);
+    - "big_body": `status` with a 10 MB body (Content-Length given);
+    - "silent": nothing at all, the connection held open;
+    - "huge_headers": `status` with a 1 MB header;
+    - "raw": `status` with `body` (bytes: NUL, lone surrogates, invalid JSON, ...).
+
+    Every connection is counted (`connections`); all are cut at exit.
+    """
+
+    def __init__(self, answer: str, *, status: int = 200, body: bytes = b"", drip_seconds: float = 0.5,
+                 content_type: str = "application/json"):
+        self.answer, self.status, self.body = answer, status, body
+        self.drip_seconds, self.content_type = drip_seconds, content_type
+        self.connections = 0
+        self._stop = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)
+        self.port = self._listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self):
+        threading.Thread(target=self._serve, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for sock in list(self._sockets):
+            try:
+                sock.close()
+            except OSError:
+                pass
+        self._listener.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except (socket.timeout, OSError):
+                continue
+            self.connections += 1
+            self._sockets.append(conn)
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _read_request(self, conn: socket.socket) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        while len(body) < length:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            body += chunk
+
+    def _handle(self, conn: socket.socket) -> None:
+        status_line = f"HTTP/1.1 {self.status} Whatever\r\n".encode()
+        try:
+            self._read_request(conn)
+            if self.answer == "silent":
+                self._stop.wait()
+            elif self.answer == "drip":
+                conn.sendall(status_line)
+                while not self._stop.wait(self.drip_seconds):
+                    conn.sendall(b"X-Drip: 1\r\n")
+            elif self.answer == "endless_body":
+                conn.sendall(status_line + f"Content-Type: {self.content_type}\r\n\r\n".encode())
+                chunk = b"x" * 65536
+                while not self._stop.is_set():
+                    conn.sendall(chunk)
+            elif self.answer == "big_body":
+                size = 10 * 1024 * 1024
+                conn.sendall(status_line + f"Content-Type: {self.content_type}\r\nContent-Length: {size}\r\n\r\n".encode())
+                chunk = b"x" * 65536
+                for _ in range(size // len(chunk)):
+                    conn.sendall(chunk)
+            elif self.answer == "huge_headers":
+                conn.sendall(status_line + b"X-Huge: " + b"h" * (1024 * 1024) + b"\r\nContent-Length: 0\r\n\r\n")
+            else:  # raw
+                conn.sendall(status_line + f"Content-Type: {self.content_type}\r\nContent-Length: {len(self.body)}\r\n"
+                             f"Connection: close\r\n\r\n".encode() + self.body)
+        except OSError:
+            pass  # the client gave up: the point of most of these answers
+        finally:
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+
 # --- configuration ------------------------------------------------------------------------------
 
 

@@ -246,6 +246,10 @@ class EmailChannel(Channel):
             return TransientChannelError(f"{esp} did not answer within {self.connection_options['timeout']}s", channel=self.name)
         if isinstance(exc, requests.ConnectionError):
             return TransientChannelError(f"cannot reach {esp}: {exc.__cause__ or exc}", channel=self.name)
+        if isinstance(exc, requests.RequestException) and getattr(exc, "status_code", None) is None:
+            # The answer could not be read (cut off, too large): Channel.deliver judges it by
+            # the HTTP status it came with.
+            return None
         status = getattr(exc, "status_code", None)
         response = getattr(exc, "response", None)
         if isinstance(status, int) and 200 <= status < 300:
