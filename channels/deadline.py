@@ -18,8 +18,8 @@ also, before the deadline, shortens a connect's timeout to the time left, and pu
 answer read through http.client (underneath requests, urllib3 and urllib, so under every SDK
 here) and every SMTP reply read by smtplib behind a byte budget: at most `answer_limit` bytes
 per call, past which reading fails with AnswerTooLarge. The status of the last HTTP answer whose
-headers were read is kept (`last_http_status`): a channel can tell "the provider took it, but
-its answer was unreadable" from "no answer".
+headers were read in time is kept (`last_http_status`): a channel can tell "the provider took
+it, but its answer was unreadable" from "no answer".
 """
 
 from __future__ import annotations
@@ -117,6 +117,13 @@ class ProviderCall:
             raise AnswerTooLarge("the provider's answer exceeded its size limit")
         return self.answer_budget + 1 if size is None or size < 0 else min(size, self.answer_budget + 1)
 
+    def _note_status(self, status: int) -> None:
+        with self._lock:
+            # An abandoned call's sockets are shut down, and http.client reads the end of the
+            # stream as the end of the headers: what it "completes" then is no answer.
+            if not self._abandoned:
+                self.last_http_status = status
+
     def _count(self, nbytes: int) -> None:
         self.answer_budget -= nbytes
         if self.answer_budget < 0:
@@ -203,7 +210,7 @@ class _BoundedResponse(http.client.HTTPResponse):
         super().begin()
         call = getattr(_local, "call", None)
         if call is not None:
-            call.last_http_status = self.status
+            call._note_status(self.status)
 
 
 class _BudgetedReader(io.RawIOBase):
