@@ -110,6 +110,46 @@ def test_an_expired_lease_is_claimed_again_and_the_stale_outcome_is_fenced_out(d
     assert (notification.status, notification.provider_message_id, notification.attempts) == ("sent", "new", 2)
 
 
+def test_attempts_whose_leases_lapsed_count_and_the_cap_fails_the_notification(db):
+    """A send that never comes back (its dispatcher stalls each time) is not sent forever:
+    every started attempt counts, and at the cap the row is finished as failed."""
+    (nid,) = enqueue(1)
+    for attempt in (1, 2, 3):
+        (delivery,) = claim(lease=0.2, dispatcher=f"stalled-{attempt}")  # STARTed, never recorded
+        assert delivery.attempt == attempt
+        time.sleep(0.3)
+    assert store.claim(dispatcher="d", limit=10, lease_seconds=60, channels=["fake"], max_attempts=3) == []
+    notification = Notification.objects.get(pk=nid)
+    assert (notification.status, notification.attempts) == ("failed", 3)
+    assert notification.last_error == "outcome unknown after 3 attempts whose leases lapsed"
+    assert not OutboxEntry.objects.exists()
+    assert [(e.status, e.attempt) for e in notification.events.order_by("created_at", "id")] == [
+        ("queued", 0), ("retrying", 1), ("retrying", 2), ("failed", 3)]
+    assert "no attempts left" in notification.events.get(status="failed").note
+
+
+def test_at_the_cap_a_lapsed_attempt_after_an_error_keeps_the_error_in_the_reason(db):
+    (nid,) = enqueue(1)
+    (first,) = claim()
+    store.record_outcomes([store.Outcome(first, "retrying", error="provider answered HTTP 503")], dispatcher="d1")
+    time.sleep(0.01)
+    (second,) = claim(lease=0.2)  # due at once (no retry delay), STARTed, never recorded
+    time.sleep(0.3)
+    assert store.claim(dispatcher="d", limit=10, lease_seconds=60, channels=["fake"], max_attempts=2) == []
+    notification = Notification.objects.get(pk=nid)
+    assert notification.status == "failed"
+    assert notification.last_error == ("gave up after 2 attempts: the lease of the last one lapsed during the send "
+                                       "(outcome unknown); the error before: provider answered HTTP 503")
+
+
+def test_a_row_under_the_cap_is_claimed_again_after_a_lapsed_lease(db):
+    (nid,) = enqueue(1)
+    claim(lease=0.2)
+    time.sleep(0.3)
+    (again,) = store.claim(dispatcher="d", limit=10, lease_seconds=60, channels=["fake"], max_attempts=2)
+    assert again.notification_id == nid and again.attempt == 2
+
+
 def test_concurrent_claimers_never_share_a_row(transactional_db):
     enqueue(600)
     claimed: list[list[int]] = []
