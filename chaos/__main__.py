@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
     add("--retry-cap", type=float, default=defaults.retry_cap, help="OUTBOX_RETRY_CAP_SECONDS")
     add("--max-attempts", type=int, default=defaults.max_attempts, help="OUTBOX_MAX_ATTEMPTS")
     add("--drain-timeout", type=float, default=defaults.drain_timeout, help="longest wait for the queue to drain")
+    add("--isolation-notifications", type=int, default=defaults.isolation_notifications,
+        help="healthy notifications per measurement of the isolation check (0 skips it)")
     for name, value in asdict(FaultRates()).items():
         add(f"--{name.replace('_', '-')}", type=float, default=value, dest=name, help="provider fault rate per request")
     add("--seed", type=int, default=None, help="random seed (printed and saved, to replay a run's plan)")
@@ -64,6 +66,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         db_down_seconds=args.db_down_seconds,
         lease_seconds=args.lease_seconds, send_timeout=args.send_timeout, retry_base=args.retry_base,
         retry_cap=args.retry_cap, max_attempts=args.max_attempts, drain_timeout=args.drain_timeout, rates=rates,
+        isolation_notifications=args.isolation_notifications,
         seed=args.seed, json_path=args.json_path, workdir=args.workdir, pgdata=args.pgdata,
         # DATABASE_URL: the run's database is created on that server instead of the embedded one.
         database_url=os.environ.get("DATABASE_URL") or None,

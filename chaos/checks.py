@@ -21,6 +21,11 @@ Each check is a count that must be 0:
   sending an attempt (its send ended, per its log) after another dispatcher had taken the row
   over (the lost-lease event's time): two dispatchers were sending one row at once. (Log,
   provider and database timestamps are compared: one host, one clock.)
+- attempts_over_the_cap: a notification with more attempts, or more requests at the provider,
+  than OUTBOX_MAX_ATTEMPTS (every channel's notifications, the isolation check's included).
+
+The figures are those of the load's channel; the isolation check's own notifications
+(chaos.isolation) count for `stuck` and `attempts_over_the_cap` only.
 """
 
 from __future__ import annotations
@@ -31,15 +36,15 @@ from typing import Any, Iterable
 
 from .database import RunDatabase
 from .load import RequestOutcome
-from .provider import ACCEPTED
+from .provider import ACCEPTED, ACCEPTED_UNSEEN, ANSWERED_2XX
 
 FINAL = ("sent", "failed", "cancelled", "expired")
 LEASE_LOST = "lease expired during the send"
 
 
 def evaluate(database: RunDatabase, outcomes: Iterable[RequestOutcome], provider_requests: list[list[Any]],
-             *, stalled_pids: Iterable[int] = (), send_ends: dict[tuple[int, str, int], float] | None = None,
-             ) -> dict[str, Any]:
+             *, channel: str, max_attempts: int, stalled_pids: Iterable[int] = (),
+             send_ends: dict[tuple[int, str, int], float] | None = None) -> dict[str, Any]:
     """Checks and figures of a drained run (see the module docstring). `stalled_pids`: the
     dispatcher processes that the run stopped (SIGSTOP), whose late sends are the stall's.
     `send_ends`: (pid, notification id, attempt) -> when the send ended, from the dispatchers'
@@ -48,13 +53,19 @@ def evaluate(database: RunDatabase, outcomes: Iterable[RequestOutcome], provider
     stalled_pids = set(stalled_pids)
     outcomes = list(outcomes)
     notifications = {row[0]: row[1:] for row in database.query(
-        "SELECT id::text, status, attempts, last_error, provider_message_id FROM notification")}
+        "SELECT id::text, status, attempts, last_error, provider_message_id FROM notification WHERE channel = %s",
+        [channel])}
     events: dict[str, list[tuple]] = defaultdict(list)
     # (status, attempt, error, provider message id, dispatcher, time as Unix seconds)
     for nid, *event in database.query(
-            "SELECT notification_id::text, status, attempt, error, provider_message_id, dispatcher, "
-            "extract(epoch FROM created_at)::float8 FROM notification_event ORDER BY notification_id, created_at, id"):
+            "SELECT e.notification_id::text, e.status, e.attempt, e.error, e.provider_message_id, e.dispatcher, "
+            "extract(epoch FROM e.created_at)::float8 FROM notification_event e "
+            "JOIN notification n ON n.id = e.notification_id WHERE n.channel = %s "
+            "ORDER BY e.notification_id, e.created_at, e.id", [channel]):
         events[nid].append(tuple(event))
+    pending_anywhere, over_cap_attempts = database.query(
+        "SELECT count(*) FILTER (WHERE status NOT IN ('sent', 'failed', 'cancelled', 'expired')), "
+        "count(*) FILTER (WHERE attempts > %s) FROM notification", [max_attempts])[0]
     keys = {key: list(ids) for key, ids in database.query(
         "SELECT key, notification_ids::text[] FROM idempotency_key")}
     outbox_rows, outbox_leased, outbox_sending = database.query(
@@ -90,7 +101,10 @@ def evaluate(database: RunDatabase, outcomes: Iterable[RequestOutcome], provider
 
     # --- stuck ------------------------------------------------------------------------------------
     pending = [nid for nid, row in notifications.items() if row[0] not in FINAL]
-    stuck = outbox_rows + len(pending)
+    stuck = outbox_rows + pending_anywhere
+
+    # --- the attempt cap --------------------------------------------------------------------------
+    over_cap_requests = sum(1 for rows in requests.values() if len(rows) > max_attempts)
 
     # --- idempotency ------------------------------------------------------------------------------
     referenced = Counter(nid for ids in keys.values() for nid in ids)
@@ -119,12 +133,11 @@ def evaluate(database: RunDatabase, outcomes: Iterable[RequestOutcome], provider
             stale += 1
         recorded = None
         if status == "sent":
-            by_id = {r[3]: r for r in rows if r[2] == "ok"}
-            recorded = by_id.get(provider_message_id)
-            # The recorded answer must be an "ok" of this notification, from its latest attempt.
+            sent_attempt = history[finals[0]][1] if finals else attempts
+            recorded = _recorded_answer(rows, sent_attempt, provider_message_id)
+            # The recorded answer must be a 2xx of this notification, from its latest attempt.
             if recorded is None or (rows and recorded[1] < max(r[1] for r in rows)):
                 stale += 1
-            sent_attempt = history[finals[0]][1] if finals else attempts
             after_success += sum(1 for r in rows if r[1] > sent_attempt)
         retrying = defaultdict(list)  # attempt -> errors of its 'retrying' events
         for event_status, attempt, error, _, dispatcher, at in history:
@@ -156,6 +169,7 @@ def evaluate(database: RunDatabase, outcomes: Iterable[RequestOutcome], provider
     statuses = Counter(row[0] for row in notifications.values())
     total_duplicates = sum(duplicates.values())
 
+    attempts_distribution = Counter(row[1] for row in acked_rows)
     checks = {
         "lost": len(lost),
         "stuck": stuck,
@@ -165,6 +179,7 @@ def evaluate(database: RunDatabase, outcomes: Iterable[RequestOutcome], provider
         "stale_outcomes": stale,
         "unexplained_duplicates": duplicates["unexplained"],
         "sends_overlapping_a_takeover": len(outside_lease),
+        "attempts_over_the_cap": over_cap_attempts + over_cap_requests,
     }
     return {
         "checks": checks,
@@ -187,6 +202,8 @@ def evaluate(database: RunDatabase, outcomes: Iterable[RequestOutcome], provider
             "duplicates_by_cause": dict(sorted(duplicates.items())),
             "attempts_mean": round(mean(attempts), 3) if attempts else 0.0,
             "attempts_max": max(attempts, default=0),
+            "attempts_distribution": {str(k): v for k, v in sorted(attempts_distribution.items())},
+            "max_attempts": max_attempts,
             "provider_requests_per_notification_mean": round(mean(requests_per), 3) if requests_per else 0.0,
             "provider_requests_per_notification_max": max(requests_per, default=0),
             "lease_expired_events": sum(1 for h in events.values() for e in h if e[0] == "retrying" and LEASE_LOST in e[2]),
@@ -207,7 +224,7 @@ def evaluate(database: RunDatabase, outcomes: Iterable[RequestOutcome], provider
 def _duplicate_cause(row: tuple, retrying: dict[int, list[str]]) -> str:
     """Why the provider got this delivery and the database did not record it as the success."""
     attempt, outcome = row[1], row[2]
-    if outcome in ("slow", "accepted_error"):
+    if outcome in ACCEPTED_UNSEEN:
         return "provider_error_after_accepting"
     # START counts an attempt once, but a START retried after a commit whose answer was lost
     # counts it twice: the attempt's event may then carry the next number.
@@ -217,6 +234,18 @@ def _duplicate_cause(row: tuple, retrying: dict[int, list[str]]) -> str:
     if errors:
         return "answer_lost"  # the provider said ok, too late or cut off: the sender saw an error
     return "unexplained"
+
+
+def _recorded_answer(rows: list[tuple], attempt: int, provider_message_id: str) -> tuple | None:
+    """The provider's request that the recorded `sent` stands for: a 2xx answer to `attempt`,
+    whose id is the recorded one (the provider's id as it gave it, or as Channel.deliver made
+    it safe: a hostile id's NUL and surrogate become " \ufffd"; an unreadable answer gives "")."""
+    for row in rows:
+        if row[1] != attempt or row[2] not in ANSWERED_2XX:
+            continue
+        if provider_message_id in (row[3], f"{row[3]} \ufffd") or (provider_message_id == "" and row[2] != "ok"):
+            return row
+    return None
 
 
 def _pid(dispatcher: str) -> int:

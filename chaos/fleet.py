@@ -98,6 +98,20 @@ class DispatcherFleet:
                     continue
         return ends
 
+    def send_durations(self) -> list[tuple[int, str, float]]:
+        """(pid, channel, seconds) of every send, from the dispatchers' "delivery" log records."""
+        durations = []
+        for supervisor in self.supervisors:
+            for line in supervisor.log().splitlines():
+                if not line.startswith("{") or '"duration_ms"' not in line:
+                    continue
+                try:
+                    entry = json.loads(line)
+                    durations.append((int(entry["process"]), str(entry["channel"]), float(entry["duration_ms"]) / 1000))
+                except (ValueError, KeyError, TypeError):
+                    continue
+        return durations
+
     def log_summary(self) -> dict[str, Any]:
         """What the dispatchers' logs say about the run (see outbox/dispatcher.py and
         outbox/supervisor.py for the messages)."""

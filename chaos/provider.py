@@ -17,6 +17,26 @@ draws one outcome from the configured rates:
 | accepted_error   | processes it, then answers 500                     | yes                   |
 | 4xx              | answers 422 (a permanent refusal; off by default)  | no                    |
 
+Hostile answers, below what any provider should send (issue 10):
+
+| outcome          | the provider ...                                    | delivered |
+|------------------|-----------------------------------------------------|-----------|
+| nul_id           | answers 200 with an id holding a NUL and a lone surrogate | yes |
+| bad_error        | answers 500 with an error text of NULs, lone surrogates and 50 kB | no |
+| huge_body        | answers 200 with a 10 MB body                       | yes       |
+| bad_json         | answers 200 with a body that is not JSON            | yes       |
+| drip             | sends its status line, then a header line every 0.5 s, forever | yes |
+| endless          | answers 200 with a body that never ends             | yes       |
+| blackhole        | reads the request and never answers                 | no        |
+| huge_headers     | answers 200 with a 1 MB header                      | yes       |
+
+The first requests take every hostile answer once (one in ten, in turn), so that a short run
+meets each of them whatever the rates draw.
+
+Two more paths serve the isolation check (chaos.isolation): `POST /clean/send` always answers
+ok ("clean_ok"), `POST /tarpit/send` never answers in time (alternately "tarpit_drip" and
+"tarpit_blackhole"; not delivered).
+
 "slow" and "accepted_error" are the provider-side sources of duplicates that at-least-once
 allows: the provider has the message, the dispatcher believes the send failed and retries.
 
@@ -40,9 +60,16 @@ from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+HOSTILE = ("nul_id", "bad_error", "huge_body", "bad_json", "drip", "endless", "blackhole", "huge_headers")
+FAULTS = ("5xx", "429", "drop", "slow", "accepted_error", "4xx", *HOSTILE)
 # Outcomes after which the provider holds the message (a delivery, for the lost/duplicate count).
-ACCEPTED = ("ok", "slow", "accepted_error")
-FAULTS = ("5xx", "429", "drop", "slow", "accepted_error", "4xx")
+ACCEPTED = ("ok", "slow", "accepted_error", "nul_id", "huge_body", "bad_json", "drip", "endless", "huge_headers")
+# Of those, the ones whose 2xx the sender sees (it records the notification as sent).
+ANSWERED_2XX = ("ok", "nul_id", "huge_body", "bad_json", "endless")
+# The provider took the message, but the sender saw an error or no answer (it sends again).
+ACCEPTED_UNSEEN = ("slow", "accepted_error", "drip", "huge_headers")
+DRIP_SECONDS = 0.5
+HOSTILE_HOLD_SECONDS = 60.0  # the longest a drip, an endless body or a blackhole lasts
 
 
 @dataclass(frozen=True)
@@ -55,6 +82,14 @@ class FaultRates:
     rate_slow: float = 0.01
     rate_accepted_error: float = 0.02
     rate_4xx: float = 0.0
+    rate_nul_id: float = 0.004
+    rate_bad_error: float = 0.004
+    rate_huge_body: float = 0.002
+    rate_bad_json: float = 0.004
+    rate_drip: float = 0.003
+    rate_endless: float = 0.002
+    rate_blackhole: float = 0.003
+    rate_huge_headers: float = 0.002
 
     def __post_init__(self) -> None:
         rates = list(asdict(self).values())
@@ -112,11 +147,26 @@ class ProviderServer(ThreadingHTTPServer):
         self.recorder = Recorder()
         self._rng = random.Random(seed)
         self._rng_lock = threading.Lock()
+        self._drawn = 0
+        self._tarpit_turn = 0
+        self._each_hostile = [fault for fault in HOSTILE if getattr(rates, f"rate_{fault}") > 0]
 
     def draw(self) -> tuple[str, float]:
         """An outcome and a latency for one request."""
         with self._rng_lock:
+            self._drawn += 1
+            if self._each_hostile and self._drawn % 10 == 0:
+                return self._each_hostile.pop(0), self._rng.uniform(*self.latency)
             return self.rates.draw(self._rng.random()), self._rng.uniform(*self.latency)
+
+    def draw_latency(self) -> float:
+        with self._rng_lock:
+            return self._rng.uniform(*self.latency)
+
+    def draw_tarpit(self) -> str:
+        with self._rng_lock:
+            self._tarpit_turn += 1
+            return "tarpit_drip" if self._tarpit_turn % 2 else "tarpit_blackhole"
 
 
 class ProviderHandler(BaseHTTPRequestHandler):
@@ -136,7 +186,8 @@ class ProviderHandler(BaseHTTPRequestHandler):
             self._answer(404, {"error": "not found"})
 
     def do_POST(self) -> None:
-        if self.path != "/send":
+        profile = {"/send": "faults", "/clean/send": "clean", "/tarpit/send": "tarpit"}.get(self.path)
+        if profile is None:
             self._answer(404, {"error": "not found"})
             return
         try:
@@ -147,18 +198,26 @@ class ProviderHandler(BaseHTTPRequestHandler):
         except (ValueError, KeyError, TypeError):
             self._answer(400, {"error": "expected {\"id\", \"attempt\"}"})
             return
-        outcome, latency = self.server.draw()
+        if profile == "clean":
+            outcome, latency = "clean_ok", self.server.draw_latency()
+        elif profile == "tarpit":
+            outcome, latency = self.server.draw_tarpit(), 0.0
+        else:
+            outcome, latency = self.server.draw()
         provider_id = self.server.recorder.record(notification_id, attempt, outcome, sender)
         if outcome == "drop":
             # RST instead of an answer: SO_LINGER 0 makes close() abort the connection.
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.close_connection = True
             return
+        if outcome in HOSTILE or outcome.startswith("tarpit_"):
+            self._hostile(outcome.removeprefix("tarpit_"), provider_id)
+            return
         if outcome == "slow":
             time.sleep(self.server.slow_seconds)  # the sender has timed out by now
         else:
             time.sleep(latency)
-        if outcome in ("ok", "slow"):
+        if outcome in ("ok", "slow", "clean_ok"):
             self._answer(200, {"id": provider_id})
         elif outcome == "accepted_error":
             self._answer(500, {"error": "internal error after accepting the message"})
@@ -168,6 +227,47 @@ class ProviderHandler(BaseHTTPRequestHandler):
             self._answer(429, {"error": "rate limited"}, {"Retry-After": f"{self.server.retry_after:g}"})
         else:  # 4xx
             self._answer(422, {"error": "recipient refused"})
+
+    def _hostile(self, outcome: str, provider_id: str) -> None:
+        """The hostile answers, written byte by byte where HTTP's rules are broken."""
+        self.close_connection = True
+        status_line = b"HTTP/1.1 200 OK\r\n"
+        try:
+            if outcome == "nul_id":
+                self._answer(200, {"id": f"{provider_id}\u0000\ud800"})
+            elif outcome == "bad_error":
+                self._answer(500, {"error": "refused \u0000\ud800\udfff " + "z" * 50_000})
+            elif outcome == "huge_body":
+                self._answer(200, {"id": provider_id, "padding": "x" * (10 * 1024 * 1024)})
+            elif outcome == "bad_json":
+                self._raw(status_line + b"Content-Type: application/json\r\nContent-Length: 9\r\n\r\n{not json")
+            elif outcome == "huge_headers":
+                self._raw(status_line + b"X-Huge: " + b"h" * (1024 * 1024) + b"\r\nContent-Length: 0\r\n\r\n")
+            elif outcome == "drip":
+                self._raw(status_line)
+                self._until_the_sender_leaves(lambda: self._raw(b"X-Drip: 1\r\n"), every=DRIP_SECONDS)
+            elif outcome == "endless":
+                self._raw(status_line + b"Content-Type: application/json\r\n\r\n{\"id\": \"")
+                chunk = b"x" * 65536
+                self._until_the_sender_leaves(lambda: self._raw(chunk), every=0)
+            elif outcome == "blackhole":
+                self.connection.settimeout(HOSTILE_HOLD_SECONDS)
+                self.connection.recv(1)  # returns when the sender closes its end (or the hold ends)
+        except OSError:
+            pass  # the sender gave up: the point of most of these answers
+
+    def _raw(self, data: bytes) -> None:
+        self.wfile.write(data)
+        self.wfile.flush()
+
+    @staticmethod
+    def _until_the_sender_leaves(write, *, every: float) -> None:
+        """Write until the sender closes the connection (the write fails), for a bounded time."""
+        ends = time.monotonic() + HOSTILE_HOLD_SECONDS
+        while time.monotonic() < ends:
+            write()
+            if every:
+                time.sleep(every)
 
     def _answer(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(body).encode()

@@ -14,6 +14,7 @@ def table(results: dict[str, Any]) -> str:
     _checks(rows, results.get("checks", {}))
     _delivery(rows, results.get("delivery", {}), results.get("dispatchers", {}))
     _faults(rows, results.get("faults", {}))
+    _hostile(rows, results.get("sends", {}), results.get("isolation"))
     _api(rows, results.get("api", {}))
     _dispatchers(rows, results.get("dispatchers", {}))
     _timing(rows, results.get("timing", {}))
@@ -52,7 +53,10 @@ def _delivery(rows: Rows, delivery: dict[str, Any], dispatchers: dict[str, Any])
     _row(rows, "duplicates (deliveries beyond the first)", f"{delivery['duplicates']} ({delivery['duplicate_rate']:.2%})")
     for cause, count in delivery["duplicates_by_cause"].items():
         _row(rows, f"  {cause.replace('_', ' ')}", count)
-    _row(rows, "attempts per notification (mean / max)", f"{delivery['attempts_mean']:.2f} / {delivery['attempts_max']}")
+    _row(rows, "attempts per notification (mean / max / cap)",
+         f"{delivery['attempts_mean']:.2f} / {delivery['attempts_max']} / {delivery['max_attempts']}")
+    _row(rows, "  distribution (attempts: notifications)",
+         ", ".join(f"{k}: {v}" for k, v in delivery["attempts_distribution"].items()))
     _row(rows, "provider requests per notification (mean / max)",
          f"{delivery['provider_requests_per_notification_mean']:.2f} / {delivery['provider_requests_per_notification_max']}")
     _row(rows, "leases lost during a send (history events)", delivery["lease_expired_events"])
@@ -85,6 +89,21 @@ def _faults(rows: Rows, faults: dict[str, Any]) -> None:
          f"{', '.join(f'{k} {v}' for k, v in provider.items())} (of {sum(faults['provider'].values())})")
     for error in faults["errors"]:
         _row(rows, "NOT injected", error)
+
+
+def _hostile(rows: Rows, sends: dict[str, Any], isolation: dict[str, Any] | None) -> None:
+    if not sends:
+        return
+    rows.append(("hostile providers", ""))
+    _row(rows, "longest send / its deadline", f"{sends['longest_s']:.2f}s ({sends['longest_channel']}) / "
+                                               f"{sends['deadline_s']:g}s, of {sends['count']} sends")
+    _row(rows, "sends past their deadline + 1 s", sends["past_deadline_plus_1s"])
+    if isolation:
+        alone = ", ".join(f"{x:.0f}" for x in isolation["healthy_alone_per_s"])
+        beside = ", ".join(f"{x:.0f}" for x in isolation["healthy_beside_tarpit_per_s"])
+        _row(rows, "healthy channel alone (per s, each round)", alone)
+        _row(rows, "  beside a channel that never answers", beside)
+        _row(rows, "  throughput kept (beside / alone, >= 0.9)", f"{isolation['ratio']:.3f}")
 
 
 def _api(rows: Rows, api: dict[str, Any]) -> None:

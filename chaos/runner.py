@@ -36,9 +36,10 @@ from .checks import evaluate
 from .database import RunDatabase
 from .faults import FaultInjector, build_schedule
 from .fleet import DispatcherFleet
+from .isolation import HEALTHY, TARPIT, IsolationCheck
 from .load import LoadDriver, plan_requests
 from .processes import ManagedProcess, ProcessRegistry, kill_groups, kill_recorded_groups
-from .provider import FaultRates
+from .provider import HOSTILE, FaultRates
 from .report import table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,6 +76,8 @@ class Config:
     # dispatchers back off and recorders retry, as in a failover.
     db_down_seconds: float = 3.0
     drain_timeout: float = 180.0
+    # Notifications per measurement of the isolation check (chaos.isolation); 0 skips it.
+    isolation_notifications: int = 2000
     rates: FaultRates = field(default_factory=FaultRates)
     latency_ms: tuple[float, float] = (2.0, 20.0)
     seed: int | None = None
@@ -172,6 +175,15 @@ class Runner:
         load_end, faults_end = driver.finished_at, time.monotonic()
         drained, drained_at = self._wait_drained(database)
         self.log(f"{'drained' if drained else 'NOT drained'} {drained_at - load_end:.1f}s after the last acknowledgement")
+        # The isolation check, once the faults are over and the queue is empty: the same
+        # dispatchers and provider, a healthy channel alone and beside one that hangs.
+        self.fleet.wait_ready(timeout=60)
+        isolation = IsolationCheck(
+            api_base=self.api_base, api_key=self.api_key, database=database,
+            notifications=self.config.isolation_notifications,
+            tarpit_in_flight=self.config.dispatchers * self.config.threads, log=self.log,
+        ).run() if self.config.isolation_notifications else None
+        drained = self._wait_drained(database)[0] and drained
         # A supervisor that the last fault started again may still be starting: a SIGTERM
         # before it has installed its handler would kill it outright (the OS default).
         self.fleet.wait_ready(timeout=60)
@@ -179,7 +191,7 @@ class Runner:
         provider_requests = _get_json(f"{self.provider_base}/requests")["requests"]  # every send has ended
         self.api.stop(timeout=20)
         self.provider.stop(timeout=10)
-        results = self._verdict(database, driver, injector, provider_requests, final_codes)
+        results = self._verdict(database, driver, injector, provider_requests, final_codes, isolation)
         results["result"] = "pass" if drained and all(v == 0 for v in results["checks"].values()) else "fail"
         results["timing"] = {
             "load_seconds": round(load_end - t0, 1),
@@ -196,10 +208,13 @@ class Runner:
         api_port, provider_port = _free_port(), _free_port()
         self.api_base, self.provider_base = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{provider_port}"
         channels_file = config.workdir / "channels.toml"
-        channels_file.write_text(
-            f'[channels.{CHANNEL}]\nbackend = "chaos.provider_channel.ChaosProviderChannel"\n'
-            f'options = {{ base_url = "{self.provider_base}", timeout = {config.send_timeout} }}\n'
-        )
+        # The load's channel, and the isolation check's two (chaos.isolation): the provider's
+        # clean path and its tarpit.
+        channels_file.write_text("".join(
+            f'[channels.{name}]\nbackend = "chaos.provider_channel.ChaosProviderChannel"\n'
+            f'options = {{ base_url = "{self.provider_base}{path}", timeout = {config.send_timeout} }}\n'
+            for name, path in ((CHANNEL, ""), (HEALTHY, "/clean"), (TARPIT, "/tarpit"))
+        ))
         env = self._child_env(database, channels_file)
 
         self.log("migrating the run's database")
@@ -268,12 +283,23 @@ class Runner:
         return driver, injector, t0
 
     def _verdict(self, database: RunDatabase, driver: LoadDriver, injector: FaultInjector,
-                 provider_requests: list[list[Any]], final_codes: dict[str, int | None]) -> dict[str, Any]:
+                 provider_requests: list[list[Any]], final_codes: dict[str, int | None],
+                 isolation: dict[str, Any] | None) -> dict[str, Any]:
         """The checks (chaos.checks, plus the API's and the dispatchers' behaviour) and figures."""
         config = self.config
         stalled = [event["pid"] for event in injector.events if event["kind"] == "sigstop"]
-        evaluation = evaluate(database, driver.outcomes, provider_requests, stalled_pids=stalled,
+        evaluation = evaluate(database, driver.outcomes, provider_requests, channel=CHANNEL,
+                              max_attempts=config.max_attempts, stalled_pids=stalled,
                               send_ends=self.fleet.send_ends())
+        # Every send must have returned by its deadline (send_timeout), give or take a second;
+        # but for a process the run stopped (SIGSTOP): its stall is the fault injected.
+        durations = [(channel, seconds) for pid, channel, seconds in self.fleet.send_durations()
+                     if pid not in stalled]
+        longest = max(durations, key=lambda d: d[1], default=("-", 0.0))
+        past_deadline = sum(1 for _, seconds in durations if seconds > config.send_timeout + 1)
+        hostile_seen = {row[3] for row in provider_requests}
+        hostile_missing = [fault for fault in HOSTILE if getattr(config.rates, f"rate_{fault}") > 0
+                           and fault not in hostile_seen]
         dispatchers = {**self.fleet.log_summary(), "final_exit_codes": final_codes}
         worker_boots = self.api.log().count("Booting worker")
         probes = [outage["api_probe"] for outage in injector.db_outages]
@@ -298,7 +324,9 @@ class Runner:
             # A dispatcher that retries with backoff logs a few errors per outage; hundreds
             # would mean a tight loop (an outage lasts seconds).
             "dispatcher_spinning": int(dispatchers["db_error_lines_max_per_process"] > 25 * max(1, config.db_restarts)),
-            "faults_not_injected": len(injector.errors),
+            "faults_not_injected": len(injector.errors) + len(hostile_missing),
+            "sends_past_their_deadline": past_deadline,
+            "healthy_channel_slowed_by_a_hostile_one": int(isolation is not None and isolation["ratio"] < 0.9),
         }
         provider_counts: dict[str, int] = {}
         for row in provider_requests:
@@ -311,7 +339,7 @@ class Runner:
                 "sigterm_exit_codes": injector.sigterm_exit_codes,
                 "db_outages": injector.db_outages,
                 "provider": dict(sorted(provider_counts.items())),
-                "errors": injector.errors,
+                "errors": injector.errors + [f"hostile answer {fault} never drawn" for fault in hostile_missing],
                 "events": injector.events,
             },
             "api": {
@@ -323,6 +351,14 @@ class Runner:
                 "worker_restarts": checks["api_worker_restarts"],
             },
             "dispatchers": dispatchers,
+            "sends": {
+                "count": len(durations),
+                "deadline_s": config.send_timeout,
+                "longest_s": round(longest[1], 3),
+                "longest_channel": longest[0],
+                "past_deadline_plus_1s": past_deadline,
+            },
+            "isolation": isolation,
         }
 
     # --- helpers --------------------------------------------------------------------------------

@@ -81,19 +81,28 @@ class DispatcherStats:
 class Lane:
     """One channel's share of a dispatcher: its claimed, unstarted rows and its send threads."""
 
-    def __init__(self, channel: Channel, threads: int):
+    def __init__(self, channel: Channel, threads: int, *, batch_size: int, lease_seconds: float):
         self.channel = channel
         self.threads = threads
         # At most two sends per thread are started at once (one running, one queued), so a
         # started send waits at most one send's time for a thread.
         self.max_started = 2 * threads
+        self.batch_size = batch_size
+        # What its threads can send in one lease if every send runs to its deadline. A channel
+        # whose provider hangs so holds (claimed or in flight) only rows it can send, not rows
+        # that would wait out their lease; for a fast channel the batch size is the bound.
+        self.lease_bound = threads * max(1, int(lease_seconds // (channel.send_timeout + DEADLINE_SLACK)))
         self.ready: deque[store.Delivery] = deque()  # claimed, not started
         self.in_flight = 0  # started, not finished (changed under Dispatcher._in_flight_lock)
         self.held = False  # ready rows wait for a free thread (see Dispatcher._start_ready)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"send-{channel.name}")
 
-    def wants_rows(self, batch_size: int) -> bool:
-        return len(self.ready) <= batch_size // 2 and self.in_flight < self.max_started
+    def room(self) -> int:
+        """How many rows to claim for it now: none until half of what it may hold is free."""
+        if self.in_flight >= self.max_started:
+            return 0
+        free = min(self.batch_size - len(self.ready), self.lease_bound - len(self.ready) - self.in_flight)
+        return free if free >= min(self.batch_size, self.lease_bound) // 2 else 0
 
 
 class Dispatcher:
@@ -124,7 +133,8 @@ class Dispatcher:
         # After a NOTIFY, look once more when the intake's debounce window has passed: commits
         # inside the window skipped their own NOTIFY.
         self.recheck_delay = notify_debounce + 0.005
-        self.lanes = {name: Lane(channel, threads) for name, channel in channels.items()}
+        self.lanes = {name: Lane(channel, threads, batch_size=batch_size, lease_seconds=lease_seconds)
+                      for name, channel in channels.items()}
         self.recorder = OutcomeRecorder(self.id)
 
         self._stop = threading.Event()
@@ -217,13 +227,13 @@ class Dispatcher:
 
     def _claim(self) -> tuple[bool, bool]:
         """Claim rows for the lanes that can take more: (whether any came, whether more may be due)."""
-        wanting = [lane for lane in self.lanes.values() if lane.wants_rows(self.batch_size)]
-        if not wanting:
+        rooms = {name: lane.room() for name, lane in self.lanes.items()}
+        rooms = {name: room for name, room in rooms.items() if room > 0}
+        if not rooms:
             return False, False  # a lane's free threads wake the loop
-        limit = max(1, self.batch_size - sum(len(lane.ready) for lane in wanting))
+        limit = min(self.batch_size, sum(rooms.values()))
         claimed = store.claim(dispatcher=self.id, limit=limit, lease_seconds=self.lease_seconds,
-                              channels=[lane.channel.name for lane in wanting],
-                              max_attempts=self.retry_policy.max_attempts)
+                              channels=rooms, max_attempts=self.retry_policy.max_attempts)
         for delivery in claimed:
             self.lanes[delivery.channel].ready.append(delivery)
         return bool(claimed), len(claimed) == limit  # a full batch: more may be due

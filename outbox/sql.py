@@ -75,7 +75,8 @@ SELECT request_hash, notification_ids FROM idempotency_key
 WHERE client_id = %(client_id)s AND key = %(key)s
 """
 
-# Claim: lease up to %(limit)s due rows to one dispatcher, highest priority first.
+# Claim: lease up to %(limit)s due rows to one dispatcher, highest priority first, and per
+# channel no more than its %(channel_limits)s (what the dispatcher can start of it soon).
 # - Index outbox_claim_idx (channel, priority, run_at, id): for each (priority, channel) pair,
 #   in the order the caller gives (priorities in order; channels shuffled per claim, so that
 #   none is starved), an ordered range scan of `run_at <= now` that stops as soon as
@@ -95,7 +96,8 @@ CLAIM = """
 WITH due AS (
     SELECT o.id, o.attempts, o.locked_by AS expired_holder, o.sending AS was_sending,
            o.sending AND o.attempts >= %(max_attempts)s AS exhausted
-    FROM unnest(%(priorities)s::smallint[], %(channels)s::text[]) AS pair(priority, channel)
+    FROM unnest(%(priorities)s::smallint[], %(channels)s::text[], %(channel_limits)s::int[])
+         AS pair(priority, channel, room)
     CROSS JOIN LATERAL (
         SELECT id, attempts, locked_by, sending
         FROM outbox
@@ -103,7 +105,7 @@ WITH due AS (
           AND priority = pair.priority
           AND run_at <= statement_timestamp()
         ORDER BY run_at, id
-        LIMIT %(limit)s
+        LIMIT pair.room
         FOR UPDATE SKIP LOCKED
     ) AS o
     LIMIT %(limit)s

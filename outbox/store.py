@@ -12,7 +12,7 @@ import uuid
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -134,22 +134,24 @@ class Delivery:
         return self.message.notification_id
 
 
-def claim(*, dispatcher: str, limit: int, lease_seconds: float, channels: Iterable[str],
+def claim(*, dispatcher: str, limit: int, lease_seconds: float, channels: Iterable[str] | Mapping[str, int],
           max_attempts: int | None = None) -> list[Delivery]:
-    """Lease up to `limit` due rows of `channels` to `dispatcher` and return them. A row
-    whose lease lapsed during its send after `max_attempts` attempts (default
-    OUTBOX_MAX_ATTEMPTS) is failed instead."""
+    """Lease up to `limit` due rows of `channels` to `dispatcher` and return them; `channels`
+    may map each channel to the most rows to take of it. A row whose lease lapsed during its
+    send after `max_attempts` attempts (default OUTBOX_MAX_ATTEMPTS) is failed instead."""
     if max_attempts is None:
         max_attempts = settings.OUTBOX["MAX_ATTEMPTS"]
+    limits = dict(channels) if isinstance(channels, Mapping) else dict.fromkeys(channels, limit)
     token = uuid.uuid4()
     started = time.monotonic()
     # Every (priority, channel) pair, priorities first; channels in a new order each time.
-    channel_order = random.sample(list(channels), len(channels))
+    channel_order = random.sample(list(limits), len(limits))
     pairs = [(priority, channel) for priority in PRIORITIES for channel in channel_order]
     with connection.cursor() as cursor:
         cursor.execute(
             sql.CLAIM,
-            {"priorities": [p for p, _ in pairs], "channels": [c for _, c in pairs], "limit": limit,
+            {"priorities": [p for p, _ in pairs], "channels": [c for _, c in pairs],
+             "channel_limits": [min(limits[c], limit) for _, c in pairs], "limit": limit,
              "dispatcher": dispatcher, "lease_token": token, "lease_seconds": lease_seconds,
              "max_attempts": max_attempts},
         )

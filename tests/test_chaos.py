@@ -1,5 +1,6 @@
 """The chaos suite, small: at-least-once under SIGKILLs, a stall past the lease, a database
-restart and a misbehaving provider, with real processes (see chaos/).
+restart and a misbehaving provider (hostile answers included), with real processes (see
+chaos/), and the isolation check: a healthy channel beside one that never answers.
 
 `python -m chaos` runs as a subprocess with its own embedded PostgreSQL server (its own data
 directory, so that its restart disturbs neither the test database nor `make chaos`), and
@@ -19,11 +20,12 @@ from pathlib import Path
 import pytest
 
 from chaos.processes import kill_recorded_groups
+from chaos.provider import HOSTILE
 
 ROOT = Path(__file__).resolve().parent.parent
 # The test's own server: `make chaos` (.data/chaos-pg) may run at the same time.
 PGDATA = ROOT / ".data" / "chaos-pg-test"
-RUN_TIMEOUT = 200  # seconds; the run takes about 45 on a 2-core machine
+RUN_TIMEOUT = 240  # seconds; the run takes about 55 on a 2-core machine
 MINIMUM_FAULTS = {"sigkill": 2, "sigstop": 1, "db_restart": 1}
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(RUN_TIMEOUT + 120)]
@@ -68,6 +70,14 @@ def test_small_chaos_run_loses_nothing_and_creates_nothing_twice(tmp_path):
     assert {name: value for name, value in checks.items() if value} == {}, report
     assert results["result"] == "pass" and runner.returncode == 0, report
     assert results["delivery"]["acknowledged"] == 500, report
+    # Hostile answers (issue 10): each was met, no send outlived its deadline by a second, no
+    # notification passed the attempt cap, and a healthy channel kept its throughput beside
+    # one that never answers.
+    provider = faults["provider"]
+    assert all(provider.get(kind, 0) >= 1 for kind in HOSTILE), provider
+    assert results["sends"]["past_deadline_plus_1s"] == 0 and results["sends"]["longest_s"] <= 1.5 + 1, report
+    assert results["delivery"]["attempts_max"] <= results["config"]["max_attempts"], report
+    assert results["isolation"]["ratio"] >= 0.9, report
 
 
 def _stop(runner: subprocess.Popen) -> str:

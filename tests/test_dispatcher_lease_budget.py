@@ -133,9 +133,33 @@ def test_a_channel_that_hangs_takes_only_its_own_lane_so_the_others_keep_their_t
     stuck = dispatcher.lanes["hanging"]
     stuck.in_flight = stuck.max_started  # every thread of its lane taken, and as many queued
     stuck.ready.append(delivery(lease_left=60, outbox_id=1))
-    assert not stuck.wants_rows(dispatcher.batch_size)  # it claims nothing more for now
+    assert stuck.room() == 0  # it claims nothing more for now
     free = dispatcher.lanes["healthy"]
-    assert free.wants_rows(dispatcher.batch_size) and free.in_flight == 0
+    assert free.room() > 0 and free.in_flight == 0
     assert dispatcher._start_ready(stuck) is False and stuck.pool.submitted == []
     free.ready.append(delivery(lease_left=60, outbox_id=2))
     assert dispatcher._start_ready(free) is True and len(free.pool.submitted) == 1
+
+
+def test_a_lane_claims_no_more_than_its_threads_can_send_in_one_lease():
+    class Slow(RecordingChannel):
+        def __init__(self, name):
+            Channel.__init__(self, name, timeout=1.5)
+            self.sent = []
+
+    def lane(channel, lease_seconds):
+        return Dispatcher(channels={channel.name: channel}, threads=8, batch_size=100, lease_seconds=lease_seconds,
+                          retry_policy=RetryPolicy(0.1, 1, 5)).lanes[channel.name]
+
+    slow, fast = lane(Slow("slow"), 5), lane(RecordingChannel("test"), 60)
+    # Every send of `slow` may last 2 s (deadline and slack): 8 threads send 16 rows per 5 s lease.
+    assert slow.room() == 16
+    slow.in_flight = 10
+    assert slow.room() == 0  # 6 free of 16: wait for half
+    slow.in_flight = 8
+    assert slow.room() == 8
+    # A fast channel (a 1 s deadline, a 60 s lease) holds a batch, whatever is in flight.
+    fast.in_flight = 10
+    assert fast.room() == 100
+    fast.ready.extend(delivery(60, i) for i in range(60))
+    assert fast.room() == 0  # more than half a batch ready
