@@ -8,6 +8,8 @@ only) names each offending field.
 
 from __future__ import annotations
 
+import re
+
 from django.db import InterfaceError, OperationalError
 from django.http import JsonResponse
 from rest_framework import exceptions, status
@@ -16,6 +18,9 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 # Seconds a client should wait before retrying while the database is unreachable.
 DATABASE_RETRY_AFTER = 5
+# A lone surrogate (JSON "\ud800") cannot be encoded as UTF-8: repeated in an error message
+# (a field name, a value quoted back), it would turn a 400 into a 500.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 _CODES = {
     exceptions.ParseError: "malformed_json",
@@ -64,7 +69,19 @@ def exception_handler(exc, context):
         code = next((c for cls, c in _CODES.items() if isinstance(exc, cls)), getattr(exc, "default_code", "error"))
         detail = exc.detail if isinstance(exc, exceptions.APIException) else str(exc)
         response.data = error_body(code, str(detail))
+    response.data = _encodable(response.data)
     return response
+
+
+def _encodable(data):
+    """`data` with every lone surrogate in its strings (keys too) replaced by U+FFFD."""
+    if isinstance(data, str):
+        return _SURROGATE.sub("\ufffd", data)
+    if isinstance(data, dict):
+        return {_encodable(key): _encodable(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_encodable(item) for item in data]
+    return data
 
 
 def _as_field_dict(detail, prefix: str = "") -> dict[str, list[str]]:

@@ -469,3 +469,16 @@ def test_failed_outbox_insert_writes_nothing(outbox_insert_fails):
     assert Notification.objects.count() == 0
     assert NotificationEvent.objects.count() == 0
     assert OutboxEntry.objects.count() == 0
+
+
+def test_an_error_answer_that_repeats_a_lone_surrogate_is_still_rendered():
+    # Whatever DRF or a validator quotes back, the one error format renders it (no 500).
+    from rest_framework.exceptions import ValidationError
+    from rest_framework.renderers import JSONRenderer
+
+    from notifications.api_errors import exception_handler
+
+    response = exception_handler(ValidationError({"to\ud800": ["not \udfff valid"]}), {})
+    rendered = json.loads(JSONRenderer().render(response.data))
+    assert response.status_code == 400
+    assert rendered["error"]["fields"] == {"to\ufffd": ["not \ufffd valid"]}
