@@ -6,10 +6,10 @@ After the main load has drained, with the same dispatchers and the same provider
   the last notification sent gives its throughput;
 - "beside": first a backlog for the channel `tarpit` (the provider's path that drips or never
   answers, so that every send runs to its deadline), until the dispatchers have as many tarpit
-  sends in flight as they can take; then the same healthy backlog, timed the same way; then
-  the tarpit notifications are cancelled through the API.
-Two rounds, alone then beside, in one run on one machine; the ratio is the two rounds' beside
-throughput over their alone throughput. Each channel has send threads of its own in every
+  sends in flight as they can take; then the same healthy backlog, timed the same way.
+In the order alone, beside, beside, alone (the tarpit notifications are cancelled through the
+API before the last), in one run on one machine; the ratio is the mean beside throughput over
+the mean alone throughput. Each channel has send threads of its own in every
 dispatcher, so a channel that hangs costs the others (almost) nothing.
 """
 
@@ -43,16 +43,17 @@ class IsolationCheck:
         self.log = log
 
     def run(self) -> dict[str, Any]:
-        alone, beside = [], []
-        for _ in range(self.rounds):
-            alone.append(self._healthy_throughput())
-            tarpit = self._fill_tarpit()
-            beside.append(self._healthy_throughput())
-            busy = self._tarpit_sending()
-            self._cancel(tarpit)
-            self.log(f"isolation: healthy alone {alone[-1]:.0f}/s, beside the tarpit {beside[-1]:.0f}/s "
-                     f"({busy} tarpit sends in flight at the end)")
-        ratio = sum(beside) / sum(alone) if sum(alone) else 0.0
+        # Alone, beside, beside, alone: a drift of the machine's speed over the check (other
+        # work on a shared host) weighs on both sides alike.
+        alone = [self._healthy_throughput()]
+        tarpit = self._fill_tarpit()
+        beside = [self._healthy_throughput() for _ in range(self.rounds)]
+        busy = self._tarpit_sending()
+        self._cancel(tarpit)
+        alone += [self._healthy_throughput() for _ in range(self.rounds - 1)]
+        ratio = (sum(beside) / len(beside)) / (sum(alone) / len(alone))
+        self.log(f"isolation: healthy alone {', '.join(f'{x:.0f}' for x in alone)}/s, beside the tarpit "
+                 f"{', '.join(f'{x:.0f}' for x in beside)}/s ({busy} tarpit sends in flight at the end): {ratio:.3f}")
         return {"notifications_per_round": self.notifications, "rounds": self.rounds,
                 "healthy_alone_per_s": [round(x, 1) for x in alone],
                 "healthy_beside_tarpit_per_s": [round(x, 1) for x in beside],
