@@ -13,7 +13,6 @@ import signal
 import sys
 import time
 from collections import Counter
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -82,35 +81,22 @@ class DispatcherFleet:
         for supervisor in self.supervisors:
             supervisor.kill_group()
 
-    def send_ends(self) -> dict[tuple[int, str, int], float]:
-        """(pid, notification id, attempt) -> when that send ended (Unix seconds), from each
-        dispatcher's "delivery" log record (its `ended_at`)."""
-        ends: dict[tuple[int, str, int], float] = {}
-        for supervisor in self.supervisors:
-            for line in supervisor.log().splitlines():
-                if not line.startswith("{") or '"notification_id"' not in line:
-                    continue
-                try:
-                    entry = json.loads(line)
-                    at = entry.get("ended_at") or datetime.fromisoformat(entry["time"]).timestamp()
-                    ends[(int(entry["process"]), str(entry["notification_id"]), int(entry["attempt"]))] = at
-                except (ValueError, KeyError, TypeError):
-                    continue
-        return ends
-
-    def send_durations(self) -> list[tuple[int, str, float]]:
-        """(pid, channel, seconds) of every send, from the dispatchers' "delivery" log records."""
-        durations = []
+    def sends(self) -> list[dict[str, Any]]:
+        """Every send, from the dispatchers' "delivery" log records (outbox.recorder): pid,
+        notification id, attempt, channel, when it ended (Unix seconds) and how long it took."""
+        sends = []
         for supervisor in self.supervisors:
             for line in supervisor.log().splitlines():
                 if not line.startswith("{") or '"duration_ms"' not in line:
                     continue
                 try:
                     entry = json.loads(line)
-                    durations.append((int(entry["process"]), str(entry["channel"]), float(entry["duration_ms"]) / 1000))
+                    sends.append({"pid": int(entry["process"]), "id": str(entry["notification_id"]),
+                                  "attempt": int(entry["attempt"]), "channel": str(entry["channel"]),
+                                  "ended_at": float(entry["ended_at"]), "seconds": float(entry["duration_ms"]) / 1000})
                 except (ValueError, KeyError, TypeError):
                     continue
-        return durations
+        return sends
 
     def log_summary(self) -> dict[str, Any]:
         """What the dispatchers' logs say about the run (see outbox/dispatcher.py and

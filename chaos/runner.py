@@ -288,13 +288,13 @@ class Runner:
         """The checks (chaos.checks, plus the API's and the dispatchers' behaviour) and figures."""
         config = self.config
         stalled = [event["pid"] for event in injector.events if event["kind"] == "sigstop"]
+        sends = self.fleet.sends()
         evaluation = evaluate(database, driver.outcomes, provider_requests, channel=CHANNEL,
                               max_attempts=config.max_attempts, stalled_pids=stalled,
-                              send_ends=self.fleet.send_ends())
+                              send_ends={(s["pid"], s["id"], s["attempt"]): s["ended_at"] for s in sends})
         # Every send must have returned by its deadline (send_timeout), give or take a second;
         # but for a process the run stopped (SIGSTOP): its stall is the fault injected.
-        durations = [(channel, seconds) for pid, channel, seconds in self.fleet.send_durations()
-                     if pid not in stalled]
+        durations = [(s["channel"], s["seconds"]) for s in sends if s["pid"] not in stalled]
         longest = max(durations, key=lambda d: d[1], default=("-", 0.0))
         past_deadline = sum(1 for _, seconds in durations if seconds > config.send_timeout + 1)
         hostile_seen = {row[3] for row in provider_requests}
