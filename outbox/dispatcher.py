@@ -230,7 +230,7 @@ class Dispatcher:
         rooms = {name: lane.room() for name, lane in self.lanes.items()}
         rooms = {name: room for name, room in rooms.items() if room > 0}
         if not rooms:
-            return False, False  # a lane's free threads wake the loop
+            return False, True  # none can take more now; claim again as soon as one can
         limit = min(self.batch_size, sum(rooms.values()))
         claimed = store.claim(dispatcher=self.id, limit=limit, lease_seconds=self.lease_seconds,
                               channels=rooms, max_attempts=self.retry_policy.max_attempts)

@@ -163,3 +163,9 @@ def test_a_lane_claims_no_more_than_its_threads_can_send_in_one_lease():
     assert fast.room() == 100
     fast.ready.extend(delivery(60, i) for i in range(60))
     assert fast.room() == 0  # more than half a batch ready
+
+
+def test_a_dispatcher_whose_lanes_are_full_claims_again_as_soon_as_one_has_room(dispatcher, lane):
+    # (It does not wait for a wake-up: that stalled a fast channel between batches, 5x slower.)
+    lane.ready.extend(delivery(60, i) for i in range(dispatcher.batch_size))
+    assert dispatcher._claim() == (False, True)
