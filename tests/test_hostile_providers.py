@@ -310,3 +310,20 @@ def test_an_unexpected_exception_is_permanent_and_a_network_one_transient():
     with pytest.raises(TransientChannelError) as net:
         channel.deliver(Message(recipient="ops", body="net"))
     assert str(net.value) == "cannot reach the provider: ConnectionResetError: reset"
+
+
+def test_a_name_look_up_that_hangs_counts_within_the_deadline(monkeypatch):
+    # The resolver is outside the machine: it is played here by a getaddrinfo that takes 5 s.
+    real = socket.getaddrinfo
+    looked_up = threading.Event()
+
+    def slow_dns(host, *args, **kwargs):
+        if host == "hang.example":
+            looked_up.set()
+            time.sleep(5)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_dns)
+    channel = WebhookChannel("webhook", secret="s", targets={"ops": "http://hang.example/hook"}, timeout=TIMEOUT)
+    (kind, text), took = deliver(channel, "ops")
+    assert looked_up.is_set() and kind is TransientChannelError and took < WITHIN, text
