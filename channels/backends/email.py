@@ -89,11 +89,13 @@ class EmailChannel(Channel):
         allow_from_override: bool = False,
         timeout: float = 10.0,
     ):
+        super().__init__(name, timeout=timeout)
         connection = dict(connection or {})
-        connection.setdefault("timeout", timeout)
+        connection.setdefault("timeout", self.send_timeout)
         if not _positive_number(connection["timeout"]):
             raise ChannelConfigurationError(f"channel {name!r}: connection.timeout must be a positive number of seconds")
-        super().__init__(name, timeout=max(timeout, connection["timeout"]) if _positive_number(timeout) else timeout)
+        # A backend that may wait longer than `timeout` for one reply raises the deadline to it.
+        self.send_timeout = max(self.send_timeout, float(connection["timeout"]))
         self.backend_path = backend
         self.backend_class = _import_backend(name, backend)
         self.is_esp = AnymailBaseBackend is not None and issubclass(self.backend_class, AnymailBaseBackend)
