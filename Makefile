@@ -32,7 +32,7 @@ clean-db: $(INSTALLED)
 	$(PY) -m notifications_project.embedded_postgres stop
 	rm -rf .data/pg
 
-# --- Benchmarks (issue 7): bench/ against its own embedded PostgreSQL (or DATABASE_URL) ---------
+# --- Benchmarks: bench/ against its own embedded PostgreSQL (or DATABASE_URL) -------------------
 BENCH_INSTALLED := $(VENV)/.bench-installed
 
 .PHONY: bench bench-quick
@@ -55,7 +55,7 @@ bench: $(BENCH_INSTALLED)
 bench-quick: $(BENCH_INSTALLED)
 	$(PY) -m bench --quick
 
-# --- Chaos (issue 6): at-least-once under faults, against its own embedded PostgreSQL -----------
+# --- Chaos: at-least-once under faults, against its own embedded PostgreSQL ---------------------
 .PHONY: chaos
 
 ## make chaos: 10,000 notifications through the API while dispatchers are killed, stopped past

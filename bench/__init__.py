@@ -1,4 +1,4 @@
-"""The benchmark harness (issue 7): `python -m bench [--quick] [--json bench/results.json]`.
+"""The benchmark harness: `python -m bench [--quick] [--json bench/results.json]`.
 
 It starts the service's real processes (gunicorn, `manage.py run_dispatchers`) against a
 fresh database on its own embedded PostgreSQL (or on DATABASE_URL's server), measures intake,

@@ -1,7 +1,7 @@
 """python -m bench [--quick | --smoke] [--json bench/results.json] [--only PHASES] [--keep-db]
                  [--load-generator auto|wrk|python]
 
-Runs every measurement of issue 7 in one go, prints the table and writes results.json.
+Runs every measurement in one go, prints the table and writes results.json.
 Exit code 0 when every phase ran (whatever the figures), 1 when a phase failed (its figures
 are then null and the notes say why).
 """

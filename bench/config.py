@@ -34,7 +34,7 @@ class Sizes:
     wrk_seconds: int
     batch_requests: int  # POSTs of 1,000 notifications each
     batch_clients: int
-    drain_rows: int  # dispatch_noop_per_s (the issue asks 100,000)
+    drain_rows: int  # dispatch_noop_per_s (100,000 in the full run)
     batch1_rows: int  # the same drain with --batch-size 1
     slow_rows: int  # through the 100 ms channel, one process
     latency_seconds: int  # at 50 notifications per second
@@ -56,7 +56,7 @@ SMOKE = Sizes("smoke", pgbench_seconds=1, lease_fill_rows=10_000, wrk_warmup_sec
               latency_seconds=1, procrastinate_jobs=1_000, procrastinate_max_seconds=10,
               unindexed_lease_reference=False)
 
-# The issue's figures, in the order of the table; each is a key of results.json.
+# The figures, in the order of the table; each is a key of results.json.
 FIGURES = (
     "ingest_single_per_s", "ingest_single_p50_ms", "ingest_single_p99_ms", "pgbench_outbox_tx_tps",
     "ingest_vs_db", "ingest_batch_per_s",

@@ -13,7 +13,7 @@ import psutil
 
 from .config import FIGURES
 
-# The issue's goals (for the benchmark, not for tests): figure -> (comparison, threshold).
+# The performance goals (for the benchmark, not for tests): figure -> (comparison, threshold).
 GOALS: dict[str, tuple[str, float]] = {
     "ingest_vs_db": (">=", 0.12),
     "ingest_batch_per_s": (">=", 30_000),
@@ -33,7 +33,7 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 
 def add_ratios(figures: dict[str, Any], details: dict[str, Any]) -> None:
-    """The issue's ratios, each to a reference measured in the same run."""
+    """The goals' ratios, each to a reference measured in the same run."""
     f = figures.get
     figures["ingest_vs_db"] = _ratio(f("ingest_single_per_s"), f("pgbench_outbox_tx_tps"))
     figures["dispatch_vs_db"] = _ratio(f("dispatch_noop_per_s"), f("pgbench_lease_ack_rows_per_s"))

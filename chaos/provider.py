@@ -17,7 +17,7 @@ draws one outcome from the configured rates:
 | accepted_error   | processes it, then answers 500                     | yes                   |
 | 4xx              | answers 422 (a permanent refusal; off by default)  | no                    |
 
-Hostile answers, below what any provider should send (issue 10):
+Hostile answers, below what any provider should send:
 
 | outcome          | the provider ...                                    | delivered |
 |------------------|-----------------------------------------------------|-----------|

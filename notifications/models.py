@@ -131,7 +131,7 @@ class IdempotencyKey(models.Model):
     """A client's Idempotency-Key and the notifications its first request created.
 
     The unique constraint on (client, key) is what makes a retry, or two identical requests
-    racing on two API processes, create the notifications once (outbox/sql.py, CLAIM_IDEMPOTENCY_KEY).
+    racing on two API processes, create the notifications once (outbox/sql.py, TAKE_IDEMPOTENCY_KEY).
     """
 
     client = models.ForeignKey(ApiClient, on_delete=models.CASCADE, related_name="+")

@@ -31,7 +31,6 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 from django.db import DatabaseError, InterfaceError, connection
 
@@ -40,7 +39,7 @@ from channels.errors import PermanentChannelError, TransientChannelError
 
 from . import store
 from .backoff import Backoff
-from .heartbeat import Heartbeat
+from .heartbeat import DispatcherStats, Heartbeat
 from .listen import OutboxListener
 from .recorder import OutcomeRecorder
 from .retry import RetryPolicy
@@ -65,17 +64,6 @@ def lease_allows_send(*, lease_left: float, send_timeout: float, waits_for_a_thr
     """
     sends = 2 if waits_for_a_thread else 1
     return lease_left >= sends * (send_timeout + DEADLINE_SLACK)
-
-
-@dataclass(frozen=True)
-class DispatcherStats:
-    """What the heartbeat reports of a dispatcher."""
-
-    in_flight: int
-    sent: int
-    failed: int
-    retried: int
-    problem: str  # why it claims nothing now, or ""
 
 
 class Lane:

@@ -15,7 +15,8 @@ import logging
 import os
 import socket
 import threading
-from typing import TYPE_CHECKING, Callable
+from dataclasses import dataclass
+from typing import Callable
 
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, connection
@@ -23,10 +24,18 @@ from django.utils import timezone
 
 from . import sql
 
-if TYPE_CHECKING:
-    from .dispatcher import DispatcherStats
-
 logger = logging.getLogger("outbox.heartbeat")
+
+
+@dataclass(frozen=True)
+class DispatcherStats:
+    """What a heartbeat reports of its dispatcher (Dispatcher.stats)."""
+
+    in_flight: int
+    sent: int
+    failed: int
+    retried: int
+    problem: str  # why it claims nothing now, or ""
 
 
 def interval() -> float:

@@ -9,6 +9,8 @@ from typing import Callable
 import psycopg
 from django.db import connection
 
+from .backoff import Backoff
+
 logger = logging.getLogger("outbox.listen")
 
 CHANNEL = "outbox"
@@ -41,17 +43,17 @@ class OutboxListener(threading.Thread):
         self.stop_event = stop
 
     def run(self) -> None:
-        wait = 0.5
+        backoff = Backoff()
         while not self.stop_event.is_set():
             try:
                 with psycopg.connect(conninfo(), autocommit=True) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
-                    wait = 0.5
+                    backoff.reset()
                     self.on_notify()
                     while not self.stop_event.is_set():
                         for _ in conn.notifies(timeout=1.0):
                             self.on_notify()
             except psycopg.Error as exc:
+                wait = backoff.next()
                 logger.warning("LISTEN connection lost (%s); reconnecting in %.1fs", exc, wait)
                 self.stop_event.wait(wait)
-                wait = min(wait * 2, 30.0)

@@ -11,6 +11,7 @@ across them (prometheus_client's multiprocess mode, outbox/metrics.py), over HTT
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -18,11 +19,12 @@ import signal
 import tempfile
 import threading
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 from django.db import connections
 
 from . import metrics
+from .backoff import Backoff
 
 logger = logging.getLogger("outbox.supervisor")
 
@@ -43,22 +45,24 @@ class Supervisor:
         self._stopping = False
         self._kill_now = False
         self._wakeup = threading.Event()
+        # A worker that dies young makes the next start wait: 1 s, doubling up to 30 s.
+        self._restarts = Backoff(first=1.0, cap=30.0)
         self._restart_delay = 0.0
 
     def run(self) -> int:
         if self.metrics_port and self._metrics_server is None:
             self.serve_metrics()  # before the children fork, so that they write where it reads
-        signal.signal(signal.SIGTERM, self._handle_stop)
-        signal.signal(signal.SIGINT, self._handle_stop)
-        signal.signal(signal.SIGCHLD, lambda *_: self._wakeup.set())
-        logger.info("supervisor %d starting %d dispatcher processes", os.getpid(), self.processes)
-        while not self._stopping:
-            self._reap()
-            while len(self.children) < self.processes and not self._stopping:
-                self._spawn()
-            self._wakeup.wait(1.0)
-            self._wakeup.clear()
-        return self._shutdown()
+        handlers = {signal.SIGTERM: self._handle_stop, signal.SIGINT: self._handle_stop,
+                    signal.SIGCHLD: lambda *_: self._wakeup.set()}
+        with signal_handlers(handlers):
+            logger.info("supervisor %d starting %d dispatcher processes", os.getpid(), self.processes)
+            while not self._stopping:
+                self._reap()
+                while len(self.children) < self.processes and not self._stopping:
+                    self._spawn()
+                self._wakeup.wait(1.0)
+                self._wakeup.clear()
+            return self._shutdown()
 
     def serve_metrics(self) -> None:
         """Serve the children's metrics on the metrics port. Without PROMETHEUS_MULTIPROC_DIR,
@@ -150,8 +154,11 @@ class Supervisor:
             lived = time.monotonic() - started
             if not self._stopping:
                 logger.warning("dispatcher process %d exited (%s) after %.0fs; replacing it", pid, _describe_status(status), lived)
-            # A worker that dies young makes the next start wait longer (up to 30 s).
-            self._restart_delay = min(30.0, max(1.0, self._restart_delay * 2)) if lived < 5 else 0.0
+            if lived < 5:
+                self._restart_delay = self._restarts.next()
+            else:
+                self._restarts.reset()
+                self._restart_delay = 0.0
 
     def _shutdown(self) -> int:
         logger.info("supervisor stopping %d dispatcher processes", len(self.children))
@@ -171,6 +178,18 @@ class Supervisor:
         self._stop_metrics()
         logger.info("supervisor stopped")
         return 0
+
+
+@contextlib.contextmanager
+def signal_handlers(handlers: dict[int, Callable]) -> Iterator[None]:
+    """Install `handlers` (signal number -> handler) for the block; the previous ones are
+    restored after it, however it ends."""
+    previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _signal(pid: int, signum: int) -> None:

@@ -1,4 +1,4 @@
-"""Helpers shared by the API tests of issue 4 (clients, idempotency, batch, scheduling,
+"""Helpers shared by the API tests (clients, idempotency, batch, scheduling,
 cancel/resend). Not a test module: nothing here is collected."""
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ def test_small_chaos_run_loses_nothing_and_creates_nothing_twice(tmp_path):
     assert {name: value for name, value in checks.items() if value} == {}, report
     assert results["result"] == "pass" and runner.returncode == 0, report
     assert results["delivery"]["acknowledged"] == 500, report
-    # Hostile answers (issue 10): each was met, no send outlived its deadline by a second, no
+    # Hostile answers: each was met, no send outlived its deadline by a second, no
     # notification passed the attempt cap, and a healthy channel kept its throughput beside
     # one that never answers.
     provider = faults["provider"]

@@ -1,5 +1,5 @@
 """Hostile providers against real dispatcher processes: what a user saw before, and what must
-hold now (issue 10). Each provider is a loopback server in this process; the dispatchers are
+hold now. Each provider is a loopback server in this process; the dispatchers are
 `run_dispatchers` processes on the test database.
 
 - An answer no database could store (a lone surrogate, a NUL) costs nothing to the
