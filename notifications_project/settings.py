@@ -4,7 +4,6 @@ Everything that differs between machines comes from the environment (see .env.ex
 """
 
 import os
-import warnings
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -108,9 +107,10 @@ TEMPLATES = [
 
 # --- Database -------------------------------------------------------------------------------
 # PostgreSQL only: the outbox relies on FOR UPDATE SKIP LOCKED and LISTEN/NOTIFY.
-# Connections are persistent and health-checked at each request, so a restarted database is
-# reconnected to without restarting the process; connect_timeout bounds a request's wait
-# while the database is unreachable.
+# Connections are persistent (CONN_MAX_AGE below) and are not checked before each request
+# (CONN_HEALTH_CHECKS below): one broken by a database restart is closed at the end of the
+# request that met it, and the process reconnects without a restart. connect_timeout bounds
+# a request's wait while the database is unreachable.
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
 if DATABASE_URL:
     import dj_database_url
@@ -119,10 +119,12 @@ if DATABASE_URL:
     if _db["ENGINE"] != "django.db.backends.postgresql":
         raise ImproperlyConfigured("DATABASE_URL must point at PostgreSQL (postgres://...)")
 else:
-    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+    # The embedded server: settings only say where it listens, which is known before it runs.
+    # The entry points that connect start it (embedded_postgres.ensure_running_if_used():
+    # manage.py, wsgi.py, tests/conftest.py, bin/run_local.py).
     from notifications_project import embedded_postgres
 
-    _server = embedded_postgres.ensure_running()
+    _server = embedded_postgres.address()
     _db = {
         "ENGINE": "django.db.backends.postgresql",
         "NAME": embedded_postgres.DATABASE_NAME,
@@ -232,6 +234,9 @@ OUTBOX = {
     # An API process sends at most one NOTIFY per this many milliseconds (NOTIFY serialises
     # commits on a global lock); dispatchers look once more after this window.
     "NOTIFY_DEBOUNCE_MS": env_float("OUTBOX_NOTIFY_DEBOUNCE_MS", 25),
+    # Each dispatcher process writes its row in the `dispatcher` table this often; one silent
+    # for three intervals is shown as gone in the admin.
+    "HEARTBEAT_SECONDS": env_float("OUTBOX_HEARTBEAT_SECONDS", 5),
 }
 
 # --- Logging --------------------------------------------------------------------------------
@@ -264,10 +269,7 @@ LOGGING = {
     },
 }
 
-# --- Operations: heartbeats and metrics ---------------------------------------------------------
-# Each dispatcher process writes its row in the `dispatcher` table this often; one silent for
-# three intervals is shown as gone in the admin.
-OUTBOX_HEARTBEAT_SECONDS = env_float("OUTBOX_HEARTBEAT_SECONDS", 5)
+# --- Operations: metrics ---------------------------------------------------------------------
 # run_dispatchers --metrics-port / --metrics-addr defaults: the supervisor serves its dispatcher
 # processes' Prometheus metrics there (unset: not served).
 DISPATCHER_METRICS_PORT = int(env_float("DISPATCHER_METRICS_PORT", 0)) or None

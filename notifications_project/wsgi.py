@@ -4,7 +4,13 @@ import os
 
 from django.core.wsgi import get_wsgi_application
 
+from notifications_project import embedded_postgres
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "notifications_project.settings")
+
+# The embedded PostgreSQL (DATABASE_URL unset) runs before the first request; settings only
+# say where it listens.
+embedded_postgres.ensure_running_if_used()
 
 application = get_wsgi_application()
 

@@ -31,7 +31,7 @@ GONE_AFTER_HEARTBEATS = 3
 
 
 def gone_after() -> timedelta:
-    return timedelta(seconds=GONE_AFTER_HEARTBEATS * float(settings.OUTBOX_HEARTBEAT_SECONDS))
+    return timedelta(seconds=GONE_AFTER_HEARTBEATS * float(settings.OUTBOX["HEARTBEAT_SECONDS"]))
 
 
 def dispatcher_state(dispatcher: Dispatcher, heartbeat_age: timedelta | None) -> str:

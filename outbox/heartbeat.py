@@ -39,7 +39,7 @@ class DispatcherStats:
 
 
 def interval() -> float:
-    return float(settings.OUTBOX_HEARTBEAT_SECONDS)
+    return float(settings.OUTBOX["HEARTBEAT_SECONDS"])
 
 
 class Heartbeat(threading.Thread):

@@ -23,9 +23,18 @@ from rest_framework.test import APIClient
 from notifications.auth import api_key_create
 from notifications.ids import new_notification_id
 from notifications.models import ApiClient
+from notifications_project import embedded_postgres
 from outbox import store
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Start the embedded PostgreSQL (DATABASE_URL unset) before pytest-django creates the test
+    database: importing the settings only says where it listens."""
+    if config.getoption("help") or config.getoption("version", 0):
+        return
+    embedded_postgres.ensure_running_if_used()
 
 
 def database_url() -> str:
