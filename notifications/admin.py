@@ -6,11 +6,11 @@ from django.urls import path
 from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html
-from rest_framework.exceptions import APIException
 
 from . import rendering, services
 from .admin_stats import stats_view
 from .auth import api_key_create
+from .errors import NotificationError
 from .models import ApiClient, ApiKey, Notification, NotificationEvent
 
 # A link to the statistics page on the admin's home page (unless a project template replaced it).
@@ -76,8 +76,8 @@ class NotificationAdmin(admin.ModelAdmin):
             try:
                 action(notification_id=notification.id, client_id=notification.client_id, by=f"admin {request.user}")
                 succeeded += 1
-            except APIException as exc:
-                refused.append(str(exc.detail))
+            except NotificationError as exc:  # not found, or a status the action does not apply to
+                refused.append(exc.message)
         if succeeded:
             self.message_user(request, f"{succeeded} notification(s) {done}.", messages.SUCCESS)
         for reason in refused[:20]:

@@ -4,6 +4,9 @@
 
 `code` is stable and machine-readable, `message` is for people, `fields` (validation errors
 only) names each offending field.
+
+The domain errors that the services raise (notifications.errors) are given their answers here,
+in `as_api_exception`, and nowhere else.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from django.http import JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+
+from . import errors
 
 # Seconds a client should wait before retrying while the database is unreachable.
 DATABASE_RETRY_AFTER = 5
@@ -33,6 +38,37 @@ _CODES = {
     exceptions.AuthenticationFailed: "not_authenticated",
     exceptions.PermissionDenied: "permission_denied",
 }
+
+
+class Conflict(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "conflict"
+
+
+class IdempotencyKeyReused(exceptions.APIException):
+    status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
+    default_code = "idempotency_key_reused"
+
+
+def validation_error(exc: errors.InvalidNotification) -> exceptions.ValidationError:
+    """The answer to an invalid notification: 400 "invalid", naming its field. Serializers
+    raise it themselves (DRF reports only its own ValidationError per field and per batch
+    item); anywhere else exception_handler makes it."""
+    return exceptions.ValidationError({exc.field: [exc.message]})
+
+
+def as_api_exception(exc: errors.NotificationError) -> exceptions.APIException | None:
+    """The DRF exception that answers a domain error, with the error's own message; None for
+    a domain error without an answer (it then fails the request as any bug does: 500)."""
+    if isinstance(exc, errors.InvalidNotification):
+        return validation_error(exc)
+    if isinstance(exc, errors.NotificationNotFound):
+        return exceptions.NotFound(exc.message)
+    if isinstance(exc, errors.StatusConflict):
+        return Conflict(exc.message)
+    if isinstance(exc, errors.IdempotencyKeyReused):
+        return IdempotencyKeyReused(exc.message)
+    return None
 
 
 def error_body(code: str, message: str, fields: dict | None = None) -> dict:
@@ -56,6 +92,8 @@ def exception_handler(exc, context):
         )
         response["Retry-After"] = str(DATABASE_RETRY_AFTER)
         return response
+    if isinstance(exc, errors.NotificationError):
+        exc = as_api_exception(exc) or exc
     response = drf_exception_handler(exc, context)
     if response is None:
         return None

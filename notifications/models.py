@@ -21,12 +21,16 @@ class Status(models.TextChoices):
     CANCELLED = "cancelled"
     EXPIRED = "expired"  # its expires_at passed before it could be sent
 
+    # Which statuses each action applies to: the one definition. The services' messages quote
+    # it, and outbox/store.py passes it to the CANCEL and RESEND statements of outbox/sql.py.
     @classmethod
     def cancellable(cls) -> list[str]:
+        """Not sent yet, nor being sent: a cancel removes its outbox row (until START)."""
         return [cls.SCHEDULED, cls.QUEUED, cls.RETRYING]
 
     @classmethod
     def resendable(cls) -> list[str]:
+        """Finished with a send, or with its last attempt: a resend queues it again."""
         return [cls.SENT, cls.FAILED]
 
 

@@ -9,11 +9,12 @@ from django.conf import settings
 from django.utils import timezone
 from rest_framework import serializers
 
-from channels.registry import all_channels
 from channels.validation import has_line_break
 from outbox.store import NewNotification
 
 from . import services
+from .api_errors import validation_error
+from .errors import InvalidNotification
 from .models import Priority, Status
 
 # A send_at this little in the past (client clocks drift) means "now".
@@ -158,12 +159,18 @@ class NotificationRequestSerializer(serializers.Serializer):
         if attrs.get("send_at") and attrs.get("expires_at") and attrs["expires_at"] <= attrs["send_at"]:
             raise serializers.ValidationError({"expires_at": ["Must be later than send_at."]})
         attrs["priority"] = Priority[attrs["priority"].upper()].value
-        return services.notification_validate(**attrs)
+        try:
+            return services.notification_validate(**attrs)
+        except InvalidNotification as exc:
+            raise validation_error(exc) from None
 
     def validate_channel(self, value: str) -> str:
-        known = all_channels()
-        if value not in known:
-            raise serializers.ValidationError(f"Unknown channel {value!r}. Known channels: {', '.join(sorted(known))}.")
+        """The service's channel check (services.channel_get), run with the other fields' own
+        checks so that an unknown channel is reported together with their errors."""
+        try:
+            services.channel_get(name=value)
+        except InvalidNotification as exc:
+            raise serializers.ValidationError(exc.message) from None
         return value
 
 

@@ -3,6 +3,9 @@
 Validation (notification_validate, called by the request serializers) happens before any
 write; the writes themselves are single statements of outbox/sql.py (several in one
 transaction only with an Idempotency-Key).
+
+What a service refuses, it raises as a domain error of notifications.errors (never an HTTP
+answer): notifications.api_errors answers them for the API, the admin shows their message.
 """
 
 from __future__ import annotations
@@ -14,31 +17,31 @@ from typing import Any, Sequence
 
 from django.conf import settings
 from django.db import transaction
-from rest_framework import status
-from rest_framework.exceptions import APIException, NotFound, ValidationError
 
-from channels.base import Message
+from channels.base import Channel, Message
 from channels.errors import InvalidMessage
 from channels.registry import all_channels
 from outbox import store
 
 from . import metrics
+from .errors import IdempotencyKeyReused, InvalidNotification, NotificationNotFound, StatusConflict
 from .ids import new_notification_id
 from .models import ApiClient, Notification, Status
 
 
-class Conflict(APIException):
-    status_code = status.HTTP_409_CONFLICT
-    default_code = "conflict"
+def channel_get(*, name: str) -> Channel:
+    """The configured channel called `name`.
 
-
-class IdempotencyKeyReused(APIException):
-    status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
-    default_code = "idempotency_key_reused"
-    default_detail = (
-        "This Idempotency-Key was already used with a different request body. "
-        "Use a new key for a new request."
-    )
+    Raises InvalidNotification (field "channel", listing the known channels) if there is none.
+    The one check of a notification's channel: notification_validate relies on it, and the
+    request serializer calls it while checking the fields, so that an unknown channel is
+    reported together with the other fields' errors.
+    """
+    channels = all_channels()
+    backend = channels.get(name)
+    if backend is None:
+        raise InvalidNotification("channel", f"Unknown channel {name!r}. Known channels: {', '.join(sorted(channels))}.")
+    return backend
 
 
 def notification_validate(*, channel: str, to: str, message: str, subject: str = "",
@@ -46,17 +49,14 @@ def notification_validate(*, channel: str, to: str, message: str, subject: str =
                           expires_at=None) -> store.NewNotification:
     """Check a notification against its channel; return it normalised, ready to enqueue.
 
-    Raises ValidationError naming the field: an unknown channel (listing the known ones), or a
+    Raises InvalidNotification naming the field: an unknown channel (see channel_get), or a
     recipient or content the channel refuses.
     """
-    channels = all_channels()
-    backend = channels.get(channel)
-    if backend is None:
-        raise ValidationError({"channel": [f"Unknown channel {channel!r}. Known channels: {', '.join(sorted(channels))}."]})
+    backend = channel_get(name=channel)
     try:
         checked = backend.validate(Message(recipient=to, body=message, subject=subject, metadata=metadata or {}))
     except InvalidMessage as exc:
-        raise ValidationError({exc.field: [exc.message]}) from None
+        raise InvalidNotification(exc.field, exc.message) from None
     return store.NewNotification(
         id=new_notification_id(), channel=channel, recipient=checked.recipient, subject=checked.subject,
         message=checked.body, metadata=checked.metadata, priority=priority, send_at=send_at,
@@ -116,29 +116,31 @@ def as_notification(new: store.NewNotification, written: store.Enqueued, client:
 def notification_cancel(*, notification_id: uuid.UUID, client_id: int, by: str) -> None:
     """Cancel a notification whose send has not started (also while a dispatcher holds it).
 
-    Raises NotFound (no such notification for this client) or Conflict (already sending,
-    sent, failed, cancelled or expired)."""
+    Raises NotificationNotFound (no such notification for this client) or StatusConflict
+    (not in Status.cancellable(): already sending, sent, failed, cancelled or expired)."""
     status_before, cancelled = store.cancel(notification_id=notification_id, client_id=client_id, note=f"cancelled by {by}")
     if status_before is None:
-        raise NotFound(f"No notification {notification_id}.")
+        raise NotificationNotFound(notification_id)
     if not cancelled:
         if status_before in Status.cancellable():  # its send started meanwhile
             status_before = Status.SENDING
-        raise Conflict(
+        raise StatusConflict(
+            notification_id, status_before,
             f"Notification {notification_id} is {status_before}; only "
-            f"{', '.join(Status.cancellable())} notifications can be cancelled."
+            f"{', '.join(Status.cancellable())} notifications can be cancelled.",
         )
 
 
 def notification_resend(*, notification_id: uuid.UUID, client_id: int, by: str) -> None:
     """Queue a sent or failed notification again; its history keeps every earlier attempt.
 
-    Raises NotFound or Conflict (not sent or failed)."""
+    Raises NotificationNotFound or StatusConflict (not in Status.resendable())."""
     status_before, resent = store.resend(notification_id=notification_id, client_id=client_id, note=f"resent by {by}")
     if status_before is None:
-        raise NotFound(f"No notification {notification_id}.")
+        raise NotificationNotFound(notification_id)
     if not resent:
-        raise Conflict(
+        raise StatusConflict(
+            notification_id, status_before,
             f"Notification {notification_id} is {status_before}; only "
-            f"{' or '.join(Status.resendable())} notifications can be resent."
+            f"{' or '.join(Status.resendable())} notifications can be resent.",
         )

@@ -288,8 +288,9 @@ FROM unnest(%(outbox_ids)s::bigint[], %(lease_tokens)s::uuid[]) AS t(outbox_id, 
 WHERE o.id = t.outbox_id AND o.lease_token = t.lease_token AND NOT o.sending
 """
 
-# Cancel one notification of a client, if its send has not started: its outbox row goes
-# (even while a dispatcher holds the lease: START then finds nothing and does not send).
+# Cancel one notification of a client, if its status is one of %(cancellable)s
+# (notifications.models.Status.cancellable()) and its send has not started: its outbox row
+# goes (even while a dispatcher holds the lease: START then finds nothing and does not send).
 # Answers the notification's status before, and whether it was cancelled.
 CANCEL = """
 WITH target AS (
@@ -299,7 +300,7 @@ WITH target AS (
     DELETE FROM outbox o
     USING target
     WHERE o.notification_id = target.id AND NOT o.sending
-      AND target.status IN ('scheduled', 'queued', 'retrying')
+      AND target.status = ANY(%(cancellable)s::text[])
     RETURNING o.notification_id, o.locked_by
 ), cancelled AS (
     UPDATE notification n
@@ -320,9 +321,10 @@ SELECT (SELECT status FROM target) AS status_before,
        EXISTS (SELECT 1 FROM removed) AS cancelled
 """
 
-# Resend a 'sent' or 'failed' notification of a client: it is queued again with a new outbox
-# row; the history keeps every earlier attempt. The row lock on the notification makes two
-# concurrent resends queue it once.
+# Resend a notification of a client whose status is one of %(resendable)s
+# (notifications.models.Status.resendable()): it is queued again with a new outbox row; the
+# history keeps every earlier attempt. The row lock on the notification makes two concurrent
+# resends queue it once.
 RESEND = """
 WITH target AS (
     SELECT id, status FROM notification
@@ -332,7 +334,7 @@ WITH target AS (
     UPDATE notification n
     SET status = 'queued', updated_at = statement_timestamp(), last_error = '', attempts = 0
     FROM target
-    WHERE n.id = target.id AND target.status IN ('sent', 'failed')
+    WHERE n.id = target.id AND target.status = ANY(%(resendable)s::text[])
     RETURNING n.id, n.channel, n.priority
 ), new_outbox AS (
     INSERT INTO outbox (notification_id, channel, priority, run_at, attempts, sending)

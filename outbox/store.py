@@ -1,6 +1,7 @@
 """The outbox's operations, each one statement of outbox/sql.py on the calling thread's
 Django connection: enqueue (intake), claim, start and record outcomes (dispatchers), cancel
-and resend (API and admin)."""
+and resend (API and admin). Which statuses can be cancelled or resent is
+notifications.models.Status's definition, passed to the SQL as parameters."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from django.db import connection, transaction
 from psycopg.types.json import Jsonb
 
 from channels.base import Message
+from notifications.models import Status
 
 from . import sql
 
@@ -241,16 +243,20 @@ def release(deliveries: Sequence[Delivery]) -> None:
 
 
 def cancel(*, notification_id: uuid.UUID, client_id: int, note: str) -> tuple[str | None, bool]:
-    """Cancel a notification unless its send has started: (status before or None, cancelled)."""
+    """Cancel a notification whose status is cancellable (Status.cancellable()) unless its send
+    has started: (status before or None, cancelled)."""
     with connection.cursor() as cursor:
-        cursor.execute(sql.CANCEL, {"notification_id": notification_id, "client_id": client_id, "note": note})
+        cursor.execute(sql.CANCEL, {"notification_id": notification_id, "client_id": client_id, "note": note,
+                                    "cancellable": [str(s) for s in Status.cancellable()]})
         status_before, cancelled = cursor.fetchone()
     return status_before, cancelled
 
 
 def resend(*, notification_id: uuid.UUID, client_id: int, note: str) -> tuple[str | None, bool]:
-    """Queue a sent or failed notification again: (status before or None, resent)."""
+    """Queue a notification whose status is resendable (Status.resendable()) again:
+    (status before or None, resent)."""
     with connection.cursor() as cursor:
-        cursor.execute(sql.RESEND, {"notification_id": notification_id, "client_id": client_id, "note": note})
+        cursor.execute(sql.RESEND, {"notification_id": notification_id, "client_id": client_id, "note": note,
+                                    "resendable": [str(s) for s in Status.resendable()]})
         status_before, resent, _ = cursor.fetchone()
     return status_before, resent

@@ -113,6 +113,25 @@ def test_a_user_with_change_permission_resends_and_cancels(staff):
     assert OutboxEntry.objects.filter(notification_id=failed).exists()
 
 
+def test_what_an_action_refuses_is_shown_with_the_services_message(staff):
+    editor = staff("change_notification")
+    (queued,) = enqueue(1)
+    failed = failed_notification()
+
+    def shown(action: str, *pks) -> list[tuple[str, str]]:
+        page = editor.post(NOTIFICATIONS, {"action": action, "index": 0, ACTION_CHECKBOX_NAME: list(pks)}, follow=True)
+        return [(m.level_tag, str(m)) for m in get_messages(page.wsgi_request)]
+
+    assert shown("cancel_selected", queued, failed) == [
+        ("success", "1 notification(s) cancelled."),
+        ("warning", f"Notification {failed} is failed; only scheduled, queued, retrying notifications can be cancelled."),
+    ]
+    assert shown("resend_selected", queued) == [
+        ("warning", f"Notification {queued} is cancelled; only sent or failed notifications can be resent."),
+    ]
+    assert (status_of(queued), status_of(failed)) == (Status.CANCELLED, Status.FAILED)
+
+
 def test_a_user_with_change_permission_revokes_keys(staff):
     editor = staff("change_apiclient")
     client = tenant("revoked")

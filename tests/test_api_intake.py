@@ -245,6 +245,40 @@ def test_unknown_channel_lists_the_known_ones(client, db):
         assert name in error["message"]
 
 
+def test_an_unknown_channel_is_reported_with_the_other_fields_errors(client, db):
+    response = post(client, {"channel": "pigeon", "message": " ", "recipient": "x"})
+    error = assert_error(response, 400, "invalid", fields=["channel", "to", "message", "recipient"])
+    assert error["fields"]["channel"] == ["Unknown channel 'pigeon'. Known channels: email-log, fake, slack-log, sms-log."]
+
+
+def test_the_intake_service_names_the_field_it_refuses(db):
+    from notifications import services
+    from notifications.errors import InvalidNotification
+
+    with pytest.raises(InvalidNotification) as unknown:
+        services.notification_validate(channel="pigeon", to="x", message="hi")
+    assert unknown.value.field == "channel" and "Known channels: email-log, fake" in unknown.value.message
+    with pytest.raises(InvalidNotification) as refused:
+        services.notification_validate(channel="email-log", to="bob@", message="hi")
+    assert refused.value.field == "to"
+
+
+def test_a_domain_error_outside_a_serializer_gets_the_same_answers():
+    from notifications.api_errors import exception_handler
+    from notifications.errors import InvalidNotification, NotificationNotFound, StatusConflict
+
+    answers = [exception_handler(exc, {}) for exc in [
+        InvalidNotification("to", "Not a phone number."), NotificationNotFound("n1"),
+        StatusConflict("n1", "sent", "Notification n1 is sent; no."),
+    ]]
+    assert [(r.status_code, r.data) for r in answers] == [
+        (400, {"error": {"code": "invalid", "message": "Invalid request: to: Not a phone number.",
+                         "fields": {"to": ["Not a phone number."]}}}),
+        (404, {"error": {"code": "not_found", "message": "No notification n1."}}),
+        (409, {"error": {"code": "conflict", "message": "Notification n1 is sent; no."}}),
+    ]
+
+
 def test_missing_fields_are_each_named(client, db):
     response = post(client, {})
     error = assert_error(response, 400, "invalid", fields=["channel", "to", "message"])

@@ -11,7 +11,9 @@ import pytest
 from django.db import connections
 from django.utils import timezone
 
-from notifications.models import Notification
+from notifications import services
+from notifications.errors import NotificationNotFound, StatusConflict
+from notifications.models import Notification, Status
 from outbox import store
 from outbox.models import OutboxEntry
 
@@ -270,6 +272,51 @@ def test_resend_twice_queues_once(api):
     assert_error(resend(api, nid), 409, "conflict")
     assert OutboxEntry.objects.filter(notification_id=nid).count() == 1
     assert [e.status for e in history(nid)] == ["queued", "sent", "queued"]
+
+
+# --- the services and the one definition of the status rules ---------------------------------------
+
+
+def test_the_services_raise_domain_errors_with_the_answers_message(db):
+    (queued,) = enqueue(1)
+    client_id = tenant().pk
+    missing = uuid.uuid4()
+    with pytest.raises(NotificationNotFound) as not_found:
+        services.notification_cancel(notification_id=missing, client_id=client_id, by="test")
+    assert str(not_found.value) == f"No notification {missing}."
+    with pytest.raises(StatusConflict) as conflict:
+        services.notification_resend(notification_id=queued, client_id=client_id, by="test")
+    assert conflict.value.status == "queued"
+    assert conflict.value.message == f"Notification {queued} is queued; only sent or failed notifications can be resent."
+
+
+def test_cancel_and_resend_are_one_statement_each(db, django_assert_num_queries):
+    (nid,) = enqueue(1)
+    client_id = tenant().pk
+    with django_assert_num_queries(1):
+        assert store.resend(notification_id=nid, client_id=client_id, note="x") == ("queued", False)
+    with django_assert_num_queries(1):
+        assert store.cancel(notification_id=nid, client_id=client_id, note="x") == ("queued", True)
+
+
+def test_the_statements_take_their_statuses_from_the_one_definition(api, monkeypatch):
+    """Status.cancellable() and Status.resendable() decide what the SQL changes and what the
+    answer says: narrowed here, a retrying notification can no longer be cancelled, nor a
+    failed one resent."""
+    monkeypatch.setattr(Status, "cancellable", classmethod(lambda cls: [cls.SCHEDULED, cls.QUEUED]))
+    monkeypatch.setattr(Status, "resendable", classmethod(lambda cls: [cls.SENT]))
+    retrying = create(api)
+    send(retrying, status="retrying")
+    failed = create(api)
+    send(failed, status="failed")
+
+    error = assert_error(cancel(api, retrying), 409, "conflict")
+    assert error["message"] == f"Notification {retrying} is retrying; only scheduled, queued notifications can be cancelled."
+    error = assert_error(resend(api, failed), 409, "conflict")
+    assert error["message"] == f"Notification {failed} is failed; only sent notifications can be resent."
+    assert [e.status for e in history(retrying)] == ["queued", "retrying"]
+    assert [e.status for e in history(failed)] == ["queued", "failed"]
+    assert cancel(api, create(api)).status_code == 200
 
 
 # --- real dispatchers ------------------------------------------------------------------------------
