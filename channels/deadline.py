@@ -10,7 +10,8 @@ The abandoned call is cut off, so that its thread ends soon too:
 - every socket it opened is shut down, which ends a blocked read or write at once;
 - from then on it can create, resolve or connect no socket (each attempt raises CallCutOff).
 A look-up already inside getaddrinfo() cannot be interrupted: that thread ends when the
-resolver gives up, its caller long gone.
+resolver gives up, its caller long gone. While MAX_LINGERING abandoned calls are still running
+in the process, no call starts: the send fails at once, as if it had timed out.
 
 Both rest on an audit hook (PEP 578: the interpreter reports socket and http.client events to
 it, on the thread that causes them), which acts only on threads that run a ProviderCall. It
@@ -72,6 +73,11 @@ class ProviderCall:
     def run(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` on a call thread: its value or its exception, or DeadlineExceeded."""
         _install_audit_hook()
+        lingering = _lingering.count
+        if lingering >= MAX_LINGERING:
+            # Calls stuck where they cannot be cut off (a name look-up that hangs): starting
+            # more would only add threads. The send fails as if it had timed out.
+            raise DeadlineExceeded(f"not started: {lingering} abandoned provider calls are still running")
         _call_threads.submit(self, fn, args)
         if not self._done.wait(max(0.0, self.deadline - time.monotonic())) and self._abandon():
             raise DeadlineExceeded(f"the provider did not answer within {self.timeout:g}s: the send was abandoned at its deadline")
@@ -94,6 +100,7 @@ class ProviderCall:
             self._finished = True
             self._sockets.clear()
             if self._abandoned:
+                _lingering.add(-1)
                 return  # nobody waits for it any more
             self._result, self._error = result, error
         self._done.set()
@@ -137,6 +144,7 @@ class ProviderCall:
             if self._finished:
                 return False
             self._abandoned = True
+            _lingering.add(1)
             sockets, self._sockets = self._sockets, []
         for sock in sockets:
             try:
@@ -145,6 +153,24 @@ class ProviderCall:
             except OSError:
                 pass  # not connected yet, or closed already
         return True
+
+
+class _Count:
+    """A counter shared by threads."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.count += n
+
+
+# Abandoned calls still running in this process, and the most there may be before no more
+# calls start.
+_lingering = _Count()
+MAX_LINGERING = 128
 
 
 # --- the audit hook ------------------------------------------------------------------------------
