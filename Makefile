@@ -23,6 +23,10 @@ run: $(INSTALLED)
 test: $(INSTALLED)
 	$(PY) -m pytest
 
+## make test-fast: the suite without the tests marked slow or chaos (see tests/README.md)
+test-fast: $(INSTALLED)
+	$(PY) -m pytest -m "not slow and not chaos"
+
 ## make check: Django's system checks (channels configuration included)
 check: $(INSTALLED)
 	$(PY) manage.py check

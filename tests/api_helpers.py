@@ -1,10 +1,7 @@
-"""Helpers shared by the API tests (clients, idempotency, batch, scheduling,
-cancel/resend). Not a test module: nothing here is collected."""
+"""The API's URLs and its one error format, for the API tests (not a test module: nothing here
+is collected). Generic helpers are in tests/helpers.py."""
 
 from __future__ import annotations
-
-from notifications.models import Notification, NotificationEvent
-from outbox.models import OutboxEntry
 
 URL = "/api/v1/notifications"
 BATCH_URL = "/api/v1/notifications/batch"
@@ -12,11 +9,6 @@ BATCH_URL = "/api/v1/notifications/batch"
 
 def url_of(notification_id, action: str = "") -> str:
     return f"{URL}/{notification_id}" + (f"/{action}" if action else "")
-
-
-def row_counts() -> tuple[int, int, int]:
-    """(notifications, history events, outbox rows)."""
-    return Notification.objects.count(), NotificationEvent.objects.count(), OutboxEntry.objects.count()
 
 
 def assert_error(response, status: int, code: str | None = None, fields=()) -> dict:
@@ -38,7 +30,3 @@ def assert_error(response, status: int, code: str | None = None, fields=()) -> d
     for name in fields:
         assert name in error.get("fields", {}), error
     return error
-
-
-def history(notification_id) -> list[NotificationEvent]:
-    return list(NotificationEvent.objects.filter(notification_id=notification_id).order_by("created_at", "id"))

@@ -1,0 +1,56 @@
+"""The benchmark harness (bench/) runs end to end at tiny sizes and writes every figure.
+
+This checks the harness, not the service's speed: no figure is compared with a goal here, so
+a slow or busy machine cannot fail it. It starts the real processes (gunicorn, run_dispatchers,
+pgbench, procrastinate workers) against the harness's own embedded PostgreSQL, which is why it
+takes about half a minute and is marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bench.config import FIGURES, REFERENCE_DIR
+from bench.procrastinate_ref import available as procrastinate_available
+from tests.helpers import ROOT
+
+# Figures that are null, with a note saying why, when their reference cannot run here.
+NEEDS_PROCRASTINATE = {"procrastinate_noop_per_s", "dispatch_vs_procrastinate"}
+NEEDS_PGBENCH_REFERENCE = {"pgbench_outbox_tx_tps", "ingest_vs_db", "pgbench_lease_ack_rows_per_s", "dispatch_vs_db"}
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_every_figure_as_a_number(tmp_path):
+    results = tmp_path / "results.json"
+    # A server of its own, so that a `make bench` running meanwhile neither waits for this
+    # test nor makes it wait (each run locks its server).
+    env = {**os.environ, "BENCH_PGDATA": str(ROOT / ".data" / "bench-pg-smoke")}
+    done = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--json", str(results)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, f"bench --smoke failed:\n{done.stdout}\n{done.stderr}"
+
+    document = json.loads(results.read_text())
+    notes = " ".join(document["machine"]["notes"])
+    may_be_null = set()
+    if not procrastinate_available():
+        may_be_null |= NEEDS_PROCRASTINATE
+        assert "procrastinate is not installed" in notes
+    if not (REFERENCE_DIR / "outbox_tx.sql").exists():
+        may_be_null |= NEEDS_PGBENCH_REFERENCE
+        assert "pgbench references skipped" in notes
+    for name in FIGURES:
+        value = document[name]
+        if value is None and name in may_be_null:
+            continue
+        assert isinstance(value, (int, float)) and not isinstance(value, bool), f"{name} = {value!r}"
+        assert value > 0, f"{name} = {value!r}"
+
+    machine = document["machine"]
+    assert machine["cpu_count"] >= 1 and machine["postgresql_version"] and machine["date"]
+    # The table went to standard output, one row per figure of the issue.
+    assert "| ingest_single_per_s" in done.stdout and "| commits_per_notification" in done.stdout
