@@ -3,6 +3,7 @@ permission; a new API key is shown once, on its own page (Django's test client, 
 
 import logging
 import re
+from html.parser import HTMLParser
 
 import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
@@ -17,16 +18,73 @@ from outbox.models import OutboxEntry
 from tests.helpers import enqueue, status_of, tenant
 
 
+class _Rows(HTMLParser):
+    """The table rows inside the element whose id is `within`, each as {field: text} of its
+    cells of class "field-<field>" (as the admin's change lists and tabular inlines write them)."""
+
+    def __init__(self, within: str):
+        super().__init__()
+        self.within, self.depth = within, 0  # depth: open <div>/<table> elements inside `within`
+        self.rows: list[dict[str, str]] = []
+        self._row: dict[str, str] | None = None
+        self._field: str | None = None
+        self._text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if self.depth:
+            self.depth += tag in ("div", "table")
+        elif attrs.get("id") == self.within:
+            self.depth = 1
+        if not self.depth:
+            return
+        if tag == "tr":
+            self._row = {}
+        elif tag in ("td", "th") and self._row is not None:
+            fields = [c[len("field-"):] for c in (attrs.get("class") or "").split() if c.startswith("field-")]
+            self._field, self._text = (fields[0] if fields else None), []
+
+    def handle_data(self, data):
+        if self._field is not None:
+            self._text.append(data)
+
+    def handle_endtag(self, tag):
+        if not self.depth:
+            return
+        if tag in ("td", "th") and self._field is not None:
+            self._row[self._field] = " ".join("".join(self._text).split())
+            self._field = None
+        elif tag == "tr" and self._row:
+            self.rows.append(self._row)
+            self._row = None
+        elif tag in ("div", "table"):
+            self.depth -= 1
+
+
+def rows(response, within: str) -> list[dict[str, str]]:
+    """The rows of the table inside the element `within` of an admin page ("result_list": a
+    change list; "events-group": a notification's history)."""
+    assert response.status_code == 200
+    parser = _Rows(within)
+    parser.feed(response.content.decode())
+    return parser.rows
+
+
 def test_notification_page_shows_its_history_and_outbox_shows_pending(admin_client):
-    (nid,) = enqueue(1, channel="email-log")
-    listing = admin_client.get("/admin/notifications/notification/")
-    assert listing.status_code == 200 and "user0@example.com" in listing.content.decode()
-    page = admin_client.get(f"/admin/notifications/notification/{nid}/change/")
-    assert page.status_code == 200
-    assert "queued" in page.content.decode()
-    outbox = admin_client.get("/admin/outbox/outboxentry/")
-    assert outbox.status_code == 200 and "email-log" in outbox.content.decode()
-    assert admin_client.get(f"/admin/notifications/notification/?q={nid}").status_code == 200
+    nid, *others = enqueue(3, channel="email-log")
+    listing = rows(admin_client.get("/admin/notifications/notification/"), "result_list")
+    assert sorted(row["id"] for row in listing) == sorted([nid, *others])
+    assert {row["recipient"] for row in listing} == {"user0@example.com", "user1@example.com", "user2@example.com"}
+    # The notification's page: its history, one row per event (here the "queued" one).
+    history = rows(admin_client.get(f"/admin/notifications/notification/{nid}/change/"), "events-group")
+    assert [(row["status"], row["attempt"]) for row in history] == [("Queued", "0")]
+    # The outbox: each pending row, with its notification and channel.
+    outbox = rows(admin_client.get("/admin/outbox/outboxentry/"), "result_list")
+    assert sorted((row["notification_id"], row["channel"]) for row in outbox) == sorted(
+        (pk, "email-log") for pk in [nid, *others])
+    # Searching by id finds that notification, and only it.
+    found = rows(admin_client.get(f"/admin/notifications/notification/?q={nid}"), "result_list")
+    assert [row["id"] for row in found] == [nid]
 
 
 def test_admin_requires_login(client):

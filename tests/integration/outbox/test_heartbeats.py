@@ -64,7 +64,8 @@ def test_heartbeats_survive_losing_their_database_connection(start_dispatchers):
     wait_until(lambda: "heartbeat failed" in dispatchers.log(), timeout=5, message="the failed beat, logged")
     after_failure = db_now()
     wait_until(lambda: row_of(pid).last_heartbeat_at > after_failure, timeout=5, message="heartbeats again")
-    assert "heartbeats written again" in dispatchers.log()
+    # (The row is written, then the recovery is logged: wait for the line too.)
+    wait_until(lambda: "heartbeats written again" in dispatchers.log(), timeout=5, message="the recovery, logged")
     assert dispatchers.popen.poll() is None and dispatchers.children() == [pid]
 
 
