@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
         help="how long a database restart keeps the server down (0: a fast restart)")
     add("--lease-seconds", type=float, default=defaults.lease_seconds)
     add("--send-timeout", type=float, default=defaults.send_timeout, help="the provider channel's timeout")
+    add("--tarpit-timeout", type=float, default=defaults.tarpit_timeout,
+        help="the isolation check's tarpit channel's timeout (at most the lease - 0.5 s)")
     add("--retry-base", type=float, default=defaults.retry_base, help="OUTBOX_RETRY_BASE_SECONDS")
     add("--retry-cap", type=float, default=defaults.retry_cap, help="OUTBOX_RETRY_CAP_SECONDS")
     add("--max-attempts", type=int, default=defaults.max_attempts, help="OUTBOX_MAX_ATTEMPTS")
@@ -56,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
     add("--lock-timeout", type=float, default=defaults.lock_timeout,
         help="seconds to wait while another run uses the same --pgdata")
     args = parser.parse_args(argv)
+    if args.tarpit_timeout + 0.5 > args.lease_seconds or args.send_timeout + 0.5 > args.lease_seconds:
+        parser.error("--send-timeout and --tarpit-timeout must be at most --lease-seconds - 0.5")
     if args.notifications < 1 or args.dispatchers < 2:
         parser.error("--notifications must be >= 1 and --dispatchers >= 2 (one is killed while others work)")
     rates = FaultRates(**{name: getattr(args, name) for name in asdict(FaultRates())})
@@ -64,7 +68,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
         batch_size=args.batch_size, api_workers=args.api_workers, clients=args.clients, duration=args.duration,
         kills=args.kills, sigterms=args.sigterms, sigstops=args.sigstops, db_restarts=args.db_restarts,
         db_down_seconds=args.db_down_seconds,
-        lease_seconds=args.lease_seconds, send_timeout=args.send_timeout, retry_base=args.retry_base,
+        lease_seconds=args.lease_seconds, send_timeout=args.send_timeout, tarpit_timeout=args.tarpit_timeout,
+        retry_base=args.retry_base,
         retry_cap=args.retry_cap, max_attempts=args.max_attempts, drain_timeout=args.drain_timeout, rates=rates,
         isolation_notifications=args.isolation_notifications,
         seed=args.seed, json_path=args.json_path, workdir=args.workdir, pgdata=args.pgdata,

@@ -34,7 +34,8 @@ The first requests take every hostile answer once (one in ten, in turn), so that
 meets each of them whatever the rates draw.
 
 Two more paths serve the isolation check (chaos.isolation): `POST /clean/send` always answers
-ok ("clean_ok"), `POST /tarpit/send` never answers in time (alternately "tarpit_drip" and
+ok ("clean_ok") after `--clean-latency-ms` (a provider's usual 100 ms: the healthy channel's
+pace is then its threads', not the machine's), `POST /tarpit/send` never answers in time (alternately "tarpit_drip" and
 "tarpit_blackhole"; not delivered).
 
 "slow" and "accepted_error" are the provider-side sources of duplicates that at-least-once
@@ -138,11 +139,12 @@ class ProviderServer(ThreadingHTTPServer):
     request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], *, rates: FaultRates, latency_ms: tuple[float, float],
-                 slow_seconds: float, retry_after: float, seed: int | None):
+                 slow_seconds: float, retry_after: float, seed: int | None, clean_latency_ms: float = 100.0):
         super().__init__(address, ProviderHandler)
         self.rates = rates
         self.latency = (latency_ms[0] / 1000, latency_ms[1] / 1000)
         self.slow_seconds = slow_seconds
+        self.clean_latency = clean_latency_ms / 1000
         self.retry_after = retry_after
         self.recorder = Recorder()
         self._rng = random.Random(seed)
@@ -158,10 +160,6 @@ class ProviderServer(ThreadingHTTPServer):
             if self._each_hostile and self._drawn % 10 == 0:
                 return self._each_hostile.pop(0), self._rng.uniform(*self.latency)
             return self.rates.draw(self._rng.random()), self._rng.uniform(*self.latency)
-
-    def draw_latency(self) -> float:
-        with self._rng_lock:
-            return self._rng.uniform(*self.latency)
 
     def draw_tarpit(self) -> str:
         with self._rng_lock:
@@ -199,7 +197,7 @@ class ProviderHandler(BaseHTTPRequestHandler):
             self._answer(400, {"error": "expected {\"id\", \"attempt\"}"})
             return
         if profile == "clean":
-            outcome, latency = "clean_ok", self.server.draw_latency()
+            outcome, latency = "clean_ok", self.server.clean_latency
         elif profile == "tarpit":
             outcome, latency = self.server.draw_tarpit(), 0.0
         else:
@@ -293,6 +291,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latency-ms", type=float, nargs=2, default=(2.0, 20.0), metavar=("MIN", "MAX"),
                         help="answer latency range of normal answers")
     parser.add_argument("--slow-seconds", type=float, default=3.0, help="latency of a 'slow' answer")
+    parser.add_argument("--clean-latency-ms", type=float, default=100.0, help="latency of every answer on /clean/send")
     parser.add_argument("--retry-after", type=float, default=1.0, help="Retry-After of a 429, in seconds")
     parser.add_argument("--seed", type=int, default=None)
     return parser.parse_args(argv)
@@ -302,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rates = FaultRates(**{name: getattr(args, name) for name in asdict(FaultRates())})
     server = ProviderServer((args.host, args.port), rates=rates, latency_ms=tuple(args.latency_ms),
-                            slow_seconds=args.slow_seconds, retry_after=args.retry_after, seed=args.seed)
+                            slow_seconds=args.slow_seconds, retry_after=args.retry_after, seed=args.seed,
+                            clean_latency_ms=args.clean_latency_ms)
 
     def stop(signum: int, frame: Any) -> None:
         # shutdown() waits for serve_forever to return, so it cannot run on the serving thread.

@@ -95,8 +95,10 @@ def _hostile(rows: Rows, sends: dict[str, Any], isolation: dict[str, Any] | None
     if not sends:
         return
     rows.append(("hostile providers", ""))
-    _row(rows, "longest send / its deadline", f"{sends['longest_s']:.2f}s ({sends['longest_channel']}) / "
-                                               f"{sends['deadline_s']:g}s, of {sends['count']} sends")
+    deadlines = ", ".join(f"{name} {seconds:g}s" for name, seconds in sends["deadlines_s"].items())
+    _row(rows, "deadlines", deadlines)
+    _row(rows, "longest past its deadline", f"{sends['longest_past_deadline_s']:+.2f}s "
+                                             f"({sends['longest_past_deadline_channel']}), of {sends['count']} sends")
     _row(rows, "sends past their deadline + 1 s", sends["past_deadline_plus_1s"])
     if isolation:
         alone = ", ".join(f"{x:.0f}" for x in isolation["healthy_alone_per_s"])
