@@ -18,6 +18,7 @@ import time
 
 import pytest
 
+from channels import deadline
 from channels.backends.email import EmailChannel
 from channels.backends.slack import SlackChannel
 from channels.backends.twilio_sms import TwilioSmsChannel
@@ -115,6 +116,27 @@ def test_an_abandoned_call_can_open_no_more_connections():
         assert finished.wait(3)
     assert len(attempts) == 1 and isinstance(attempts[0], CallCutOff)
     assert server.connections == 0
+
+
+def test_while_too_many_abandoned_calls_still_run_no_call_starts(monkeypatch):
+    monkeypatch.setattr(deadline, "MAX_LINGERING", 2)
+    monkeypatch.setattr(deadline, "_lingering", deadline._Count())
+    release = threading.Event()
+    try:
+        for _ in range(2):  # stuck where they cannot be cut off (as a hanging name look-up)
+            with pytest.raises(DeadlineExceeded):
+                ProviderCall(timeout=0.1, answer_limit=ANSWER_LIMIT).run(release.wait)
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded, match="2 abandoned provider calls are still running"):
+            ProviderCall(timeout=5, answer_limit=ANSWER_LIMIT).run(lambda: "never called")
+        assert time.monotonic() - started < 0.1
+    finally:
+        release.set()
+    # Once they end, calls start again.
+    wait_until = time.monotonic() + 2
+    while deadline._lingering.count and time.monotonic() < wait_until:
+        time.sleep(0.01)
+    assert ProviderCall(timeout=1, answer_limit=ANSWER_LIMIT).run(lambda: "ok") == "ok"
 
 
 @pytest.mark.parametrize("answer", ["endless_body", "big_body"])
