@@ -1,7 +1,7 @@
 """Run sizes and paths.
 
 Three profiles: the full run (`make bench`, under 10 minutes), --quick (`make bench-quick`,
-under 2 minutes) and --smoke (tiny, for tests/test_bench_smoke.py: it checks that every piece
+under 2 minutes) and --smoke (tiny, for tests/integration/bench/test_bench_smoke.py: it checks that every piece
 runs and that results.json has every figure, not what the figures are).
 """
 
@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 # The plain-SQL pgbench scripts live beside the checkout (shared/ is a sibling of the repo).
 REFERENCE_DIR = REPO.parent / "shared" / "bench-reference"
 # Our own server: restarting or loading it disturbs nobody's tests (they use .data/pg).
-# BENCH_PGDATA picks another (tests/test_bench_smoke.py uses one of its own).
+# BENCH_PGDATA picks another (tests/integration/bench/test_bench_smoke.py uses one of its own).
 BENCH_PGDATA = Path(os.environ.get("BENCH_PGDATA") or REPO / ".data" / "bench-pg")
 RUNS_DIR = REPO / ".data" / "bench-runs"  # logs, channels file, latency log of each run
 DEFAULT_JSON = REPO / "bench" / "results.json"

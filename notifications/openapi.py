@@ -121,7 +121,7 @@ def _scheduled_email(now: datetime) -> dict:
     }
 
 
-# Each one, POSTed as it is, is accepted under the default settings (tests/test_api_schema.py).
+# Each one, POSTed as it is, is accepted under the default settings (tests/integration/notifications/test_api_schema.py).
 SINGLE_EXAMPLES = [
     OpenApiExample("Email", request_only=True, value={
         "channel": "email-log", "to": "alice@example.com", "subject": "Welcome", "message": "Hello Alice",
