@@ -16,12 +16,17 @@ def check_channels(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
     from django.conf import settings
 
     from .errors import ChannelConfigurationError
-    from .registry import build_channels
+    from .registry import build_channels, check_policies
 
-    problems = []
+    problems, built = [], {}
     for name, entry in settings.NOTIFICATION_CHANNELS.items():  # each one, to report them all
         try:
-            build_channels({name: entry})
+            built.update(build_channels({name: entry}))
         except ChannelConfigurationError as exc:
             problems.append(checks.Error(str(exc), id="channels.E001"))
+    if not problems:  # the checks across channels need every channel built
+        try:
+            check_policies(built)
+        except ChannelConfigurationError as exc:
+            problems.append(checks.Error(str(exc), id="channels.E002"))
     return problems

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 
 from .deadline import DeadlineExceeded, ProviderCall
 from .errors import ChannelConfigurationError, ChannelError, PermanentChannelError, TransientChannelError
+from .policy import ChannelPolicy
 from .provider_text import ERROR_MAX, ID_MAX, clean, clean_seconds, clean_status
 
 try:  # under requests; not every channel needs it
@@ -72,6 +73,9 @@ class Channel(ABC):
     """
 
     kind: ClassVar[str] = "generic"
+    # The fleet's rate budgets, circuit breaker and fallbacks for it (channels.policy); the
+    # registry sets it from the channels file.
+    policy: ChannelPolicy = ChannelPolicy()
     # A channel whose send never leaves this process (log, fake) cannot hang on a provider:
     # it runs on the caller's thread, without a deadline thread.
     sends_in_process: ClassVar[bool] = False
@@ -129,7 +133,7 @@ class Channel(ABC):
     def describe(self) -> dict[str, Any]:
         """What `GET /api/v1/channels` shows of this channel (never its secrets)."""
         return {"name": self.name, "kind": self.kind, "backend": f"{type(self).__module__}.{type(self).__qualname__}",
-                "send_timeout": self.send_timeout}
+                "send_timeout": self.send_timeout, **self.policy.describe()}
 
     # --- the send flow's parts ----------------------------------------------------------------
 

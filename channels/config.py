@@ -6,7 +6,8 @@
     api_key = "${PROVIDER_API_KEY}"    # taken from the environment
 
 Each `[channels.NAME]` table names a backend (a dotted path to a `Channel` subclass) and its
-options. `${VAR}` in any string option is replaced by the environment variable VAR, so secrets
+options, and may set the fleet's policy for it (channels.policy: rate_limit,
+recipient_rate_limit, circuit_breaker, fallback). `${VAR}` in any string option is replaced by the environment variable VAR, so secrets
 stay in the environment. A variable that is not set is recorded under "MISSING_ENV", and the
 registry and `manage.py check` report it by channel and name instead of failing at first send.
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ChannelConfigurationError
+from .policy import POLICY_KEYS
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -42,14 +44,15 @@ def load_channels_file(path: str | Path) -> dict[str, dict[str, Any]]:
     for name, table in tables.items():
         if not isinstance(table, dict) or not isinstance(table.get("backend"), str):
             raise ChannelConfigurationError(f"channel {name!r} in {path} needs a backend = \"dotted.path\"")
-        unknown = set(table) - {"backend", "options"}
+        unknown = set(table) - {"backend", "options", *POLICY_KEYS}
         if unknown:
             raise ChannelConfigurationError(
                 f"channel {name!r} in {path} has unknown keys {sorted(unknown)}; put backend settings under options"
             )
         missing: list[str] = []
         options = _expand(table.get("options", {}), missing)
-        channels[name] = {"BACKEND": table["backend"], "OPTIONS": options, "MISSING_ENV": missing}
+        channels[name] = {"BACKEND": table["backend"], "OPTIONS": options, "MISSING_ENV": missing,
+                          **{key.upper(): table[key] for key in POLICY_KEYS if key in table}}
     return channels
 
 

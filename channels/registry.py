@@ -14,6 +14,7 @@ from django.utils.module_loading import import_string
 
 from .base import Channel
 from .errors import ChannelConfigurationError
+from .policy import check_fallbacks, parse_policy
 
 _lock = threading.Lock()
 _channels: dict[str, Channel] | None = None
@@ -25,7 +26,9 @@ def all_channels() -> dict[str, Channel]:
     if _channels is None:
         with _lock:
             if _channels is None:
-                _channels = build_channels(settings.NOTIFICATION_CHANNELS)
+                channels = build_channels(settings.NOTIFICATION_CHANNELS)
+                check_policies(channels)
+                _channels = channels
     return _channels
 
 
@@ -49,11 +52,19 @@ def build_channels(config: dict[str, dict]) -> dict[str, Channel]:
             raise ChannelConfigurationError(f"channel {name!r}: cannot import backend {entry['BACKEND']!r}: {exc}") from exc
         if not (isinstance(backend, type) and issubclass(backend, Channel)):
             raise ChannelConfigurationError(f"channel {name!r}: {entry['BACKEND']!r} is not a Channel subclass")
+        policy = parse_policy(name, entry)
         try:
-            channels[name] = backend(name, **entry.get("OPTIONS", {}))
+            channel = backend(name, **entry.get("OPTIONS", {}))
         except TypeError as exc:  # an unknown or missing option
             raise ChannelConfigurationError(f"channel {name!r}: bad options: {exc}") from exc
+        channel.policy = policy
+        channels[name] = channel
     return channels
+
+
+def check_policies(channels: dict[str, Channel]) -> None:
+    """The checks across channels: fallbacks that exist, of the same kind, without a cycle."""
+    check_fallbacks({name: c.kind for name, c in channels.items()}, {name: c.policy for name, c in channels.items()})
 
 
 def _reset(*, setting: str, **kwargs) -> None:

@@ -8,6 +8,9 @@ from channels.backends.fake import FakeChannel
 from channels.base import Message
 from channels.errors import PermanentChannelError, TransientChannelError
 
+# What a channel without rate budgets, circuit breaker or fallbacks shows of them.
+NO_POLICY = {"rate_limit": None, "recipient_rate_limit": None, "circuit_breaker": None, "fallback": []}
+
 
 def msg(recipient="x", body="hi", subject="", attempt=1) -> Message:
     return Message(recipient=recipient, body=body, subject=subject, attempt=attempt)
@@ -48,4 +51,4 @@ def test_fake_by_default_always_succeeds_and_accepts_any_recipient():
     assert channel.validate(message) is message
     assert channel.deliver(message).startswith("fake-")
     assert channel.describe() == {"name": "fake", "kind": "fake", "backend": "channels.backends.fake.FakeChannel",
-                                  "latency_ms": 0, "send_timeout": 1.0}
+                                  "latency_ms": 0, "send_timeout": 1.0, **NO_POLICY}
