@@ -67,6 +67,11 @@ class ChannelPolicy:
     circuit_breaker: CircuitBreaker | None = None
     fallback: tuple[str, ...] = field(default_factory=tuple)
 
+    @property
+    def governs_claims(self) -> bool:
+        """Whether claims of the channel go through its shared state (a budget or a breaker)."""
+        return self.rate_limit is not None or self.circuit_breaker is not None
+
     def describe(self) -> dict[str, Any]:
         breaker = self.circuit_breaker
         return {

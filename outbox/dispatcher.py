@@ -37,7 +37,7 @@ from django.db import DatabaseError, InterfaceError, connection
 from channels.base import Channel
 from channels.errors import PermanentChannelError, TransientChannelError
 
-from . import store
+from . import metrics, store
 from .backoff import Backoff
 from .heartbeat import DispatcherStats, Heartbeat
 from .listen import OutboxListener
@@ -123,7 +123,10 @@ class Dispatcher:
         self.recheck_delay = notify_debounce + 0.005
         self.lanes = {name: Lane(channel, threads, batch_size=batch_size, lease_seconds=lease_seconds)
                       for name, channel in channels.items()}
-        self.recorder = OutcomeRecorder(self.id)
+        # Rate budgets and circuit breakers, shared with the fleet through channel_state.
+        self.policies = {name: channel.policy for name, channel in channels.items()}
+        self.recorder = OutcomeRecorder(self.id, policies=self.policies)
+        self._states_ready = False
 
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -196,6 +199,9 @@ class Dispatcher:
                 for lane in self.lanes.values():
                     if lane.ready and lane.in_flight < lane.max_started:
                         worked |= self._start_ready(lane)
+                if not self._states_ready:
+                    store.ensure_channel_states(self.policies)
+                    self._states_ready = True
                 # A dispatcher that cannot record outcomes claims nothing: what it sent could
                 # not be recorded either (its heartbeat and metrics say so).
                 if may_claim and not self.recorder.problem:
@@ -221,9 +227,13 @@ class Dispatcher:
             return False, True  # none can take more now; claim again as soon as one can
         limit = min(self.batch_size, sum(rooms.values()))
         claimed = store.claim(dispatcher=self.id, limit=limit, lease_seconds=self.lease_seconds,
-                              channels=rooms, max_attempts=self.retry_policy.max_attempts)
+                              channels=rooms, max_attempts=self.retry_policy.max_attempts, policies=self.policies)
         for delivery in claimed:
             self.lanes[delivery.channel].ready.append(delivery)
+            if delivery.probe:
+                logger.warning("channel %s: circuit breaker open -> half_open: notification=%s is the probe",
+                               delivery.channel, delivery.notification_id)
+                metrics.count_breaker_transition(delivery.channel, "half_open")
         return bool(claimed), len(claimed) == limit  # a full batch: more may be due
 
     def _start_ready(self, lane: Lane) -> bool:
@@ -327,12 +337,13 @@ class Dispatcher:
         except Exception as exc:  # noqa: BLE001 - deliver raises nothing else; if it did, try again
             status, error, retry_after = "retrying", f"dispatcher error around the send: {type(exc).__name__}", None
         duration = time.monotonic() - started
-        ended_at = started_at + duration
+        timing = {"duration": duration, "ended_at": started_at + duration}
         if status == "sent":
-            return store.Outcome(delivery, "sent", provider_message_id=provider_id, duration=duration, ended_at=ended_at)
-        if status == "retrying":
-            delay = self.retry_policy.delay(delivery.attempt, retry_after)
-            if delay is not None:
-                return store.Outcome(delivery, "retrying", error=error, retry_delay=delay, duration=duration, ended_at=ended_at)
-            error = f"gave up after {delivery.attempt} attempts: {error}"
-        return store.Outcome(delivery, "failed", error=error, duration=duration, ended_at=ended_at)
+            return store.Outcome(delivery, "sent", provider_message_id=provider_id, **timing)
+        if status == "failed":
+            return store.Outcome(delivery, "failed", error=error, **timing)
+        transient = {"provider_down": True, "retry_after": retry_after, **timing}
+        delay = self.retry_policy.delay(delivery.attempt, retry_after)
+        if delay is not None:
+            return store.Outcome(delivery, "retrying", error=error, retry_delay=delay, **transient)
+        return store.Outcome(delivery, "failed", error=f"gave up after {delivery.attempt} attempts: {error}", **transient)

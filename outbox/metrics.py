@@ -10,6 +10,8 @@ Dispatcher processes count their attempts here (the outcome recorder -> observe_
                                            are sent again) or refused (written as failed)
     dispatchers_cannot_record              dispatcher processes that cannot record outcomes
                                            right now (and so claim nothing)
+    circuit_breaker_transitions_total{channel, state}
+                                           a channel's breaker entered open, half_open, closed
 
 Dispatchers are forked children of a supervisor, and the API runs in gunicorn workers, so the
 counters use prometheus_client's multiprocess mode: each process writes its values to files
@@ -97,6 +99,10 @@ class _DispatcherMetrics:
         self.unrecorded = Counter(
             "outcomes_unrecorded", "Outcomes not recorded as they were, by reason (leases_expired, refused).", ["reason"]
         )
+        self.breaker_transitions = Counter(
+            "circuit_breaker_transitions", "Circuit breaker transitions, by channel and the state entered.",
+            ["channel", "state"],
+        )
         self.cannot_record = Gauge(
             "dispatchers_cannot_record", "Dispatcher processes that cannot record outcomes now (they claim nothing).",
             multiprocess_mode="livesum",
@@ -128,6 +134,11 @@ def observe_attempt(channel: str, outcome: str, seconds: float) -> None:
 def count_unrecorded(reason: str, count: int) -> None:
     """Outcomes the recorder gave up on (leases_expired) or wrote as failed instead (refused)."""
     _dispatcher_metrics().unrecorded.labels(reason=reason).inc(count)
+
+
+def count_breaker_transition(channel: str, state: str) -> None:
+    """A channel's circuit breaker entered `state` (open, half_open, closed)."""
+    _dispatcher_metrics().breaker_transitions.labels(channel=channel, state=state).inc()
 
 
 def set_cannot_record(cannot: bool) -> None:

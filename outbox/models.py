@@ -72,3 +72,32 @@ class Dispatcher(models.Model):
 
     def __str__(self) -> str:
         return self.id
+
+
+class ChannelState(models.Model):
+    """What the whole fleet knows of a channel that has a policy (channels.policy): its rate
+    budget and its circuit breaker. One row per such channel, shared by every dispatcher on
+    every host; the claim reads and charges it under a row lock (outbox/sql.py, CLAIM), the
+    recorder updates the breaker from outcomes (outbox/sql.py, CHANNEL_OUTCOMES).
+    """
+
+    CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+    channel = models.CharField(primary_key=True, max_length=100)
+    # The rate budget: a token bucket, refilled from the database's clock at each claim.
+    tokens = models.FloatField(default=0)
+    refilled_at = models.DateTimeField(db_default=models.functions.Now())
+    # A provider's Retry-After (a 429): nothing is claimed for the channel before this.
+    paused_until = models.DateTimeField(null=True, blank=True)
+    # The circuit breaker: consecutive transient failures; closed, open (no claim before
+    # breaker_until) or half_open (one probe out, until breaker_until at the latest).
+    failures = models.PositiveIntegerField(default=0)
+    breaker = models.CharField(max_length=10, default=CLOSED, db_default=CLOSED)
+    breaker_until = models.DateTimeField(null=True, blank=True)
+    changed_at = models.DateTimeField(db_default=models.functions.Now())
+
+    class Meta:
+        db_table = "channel_state"
+
+    def __str__(self) -> str:
+        return f"{self.channel}: {self.breaker}"

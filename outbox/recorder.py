@@ -20,9 +20,11 @@ import logging
 import queue
 import threading
 import time
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from django.db import InterfaceError, OperationalError, connection
+
+from channels.policy import ChannelPolicy
 
 from . import metrics, store
 from .backoff import Backoff
@@ -38,8 +40,9 @@ _STOP = object()  # end-of-work marker on the queue
 class OutcomeRecorder:
     """Writes the outcomes of dispatcher `dispatcher_id`'s sends (see the module docstring)."""
 
-    def __init__(self, dispatcher_id: str):
+    def __init__(self, dispatcher_id: str, *, policies: Mapping[str, ChannelPolicy] | None = None):
         self.dispatcher_id = dispatcher_id
+        self.policies = dict(policies or {})
         self.sent = self.failed = self.retried = 0
         # Why outcomes cannot be recorded right now; "" while they can.
         self.problem = ""
@@ -81,6 +84,7 @@ class OutcomeRecorder:
             try:
                 self._report(batch)
                 self._record(batch)
+                self._count_into_breakers(batch)
             except Exception:  # a bug here must not end the recording of everything after it
                 logger.exception("dispatcher %s: recording %d outcomes failed unexpectedly", self.dispatcher_id, len(batch))
         connection.close()
@@ -168,6 +172,24 @@ class OutcomeRecorder:
             logger.exception("dispatcher %s: notification=%s: not even its failure could be recorded",
                              self.dispatcher_id, delivery.notification_id)
             return 0
+
+    def _count_into_breakers(self, outcomes: Sequence[store.Outcome]) -> None:
+        """The batch's outcomes into the circuit breakers and pauses of their channels. A
+        failure here costs the breakers one batch's count, nothing else."""
+        try:
+            transitions = store.record_channel_outcomes(outcomes, self.policies)
+        except CONNECTION_ERRORS as exc:
+            connection.close()
+            logger.warning("dispatcher %s: circuit breakers not updated (%s)", self.dispatcher_id, exc)
+            return
+        for t in transitions:
+            breaker = self.policies[t.channel].circuit_breaker
+            if t.after == "open":
+                logger.warning("channel %s: circuit breaker %s -> open after %d consecutive transient failures; "
+                               "no sends for %gs", t.channel, t.before, t.failures, breaker.cool_down if breaker else 0)
+            else:
+                logger.warning("channel %s: circuit breaker %s -> %s", t.channel, t.before, t.after)
+            metrics.count_breaker_transition(t.channel, t.after)
 
     def _set_problem(self, problem: str) -> None:
         if problem != self.problem:

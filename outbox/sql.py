@@ -75,17 +75,28 @@ SELECT request_hash, notification_ids FROM idempotency_key
 WHERE client_id = %(client_id)s AND key = %(key)s
 """
 
-# Claim: lease up to %(limit)s due rows to one dispatcher, highest priority first, and per
-# channel no more than its %(channel_limits)s (what the dispatcher can start of it soon).
+# Claim: lease up to %(limit)s due rows to one dispatcher, highest priority first, per channel
+# no more than its %(channel_limits)s (what the dispatcher can start of it soon), and no more
+# than the fleet's policy allows the channel right now (channels.policy):
+# - The state of each channel with a policy (%(policy_channels)s; table channel_state) is read
+#   and locked first (`FOR UPDATE OF s`): claims for that channel, from every dispatcher on
+#   every host, take their share one after another. Lock order: channel_state, then outbox
+#   rows, then notification rows; the recorder's CHANNEL_OUTCOMES takes channel_state alone.
+# - Its rate budget is a token bucket refilled from the database's clock: it allows
+#   floor(tokens) rows, and is charged for the rows leased (`charge`). While a provider's
+#   Retry-After pause runs (paused_until), it allows none.
+# - Its circuit breaker: open, nothing until breaker_until; then one row, the probe, and the
+#   breaker is half_open until the probe's outcome (or, if that never comes, the lease's end).
 # - Index outbox_claim_idx (channel, priority, run_at, id): for each (priority, channel) pair,
 #   in the order the caller gives (priorities in order; channels shuffled per claim, so that
-#   none is starved), an ordered range scan of `run_at <= now` that stops as soon as
-#   %(limit)s rows are found (the LATERAL join visits the pairs in order, the outer LIMIT
-#   stops it). run_at is the lease's end while a row is leased, so expired leases of crashed
+#   none is starved), an ordered range scan of `run_at <= now` limited to the channel's room.
+#   run_at is the lease's end while a row is leased, so expired leases of crashed
 #   dispatchers are simply due again. A backlog on one channel is never read by a claim for
-#   another.
+#   another. The candidates of all pairs are then cut to each channel's room across its
+#   priorities (`nth`) and to %(limit)s.
 # - FOR UPDATE SKIP LOCKED: concurrent claimers skip each other's rows instead of waiting;
-#   each row goes to exactly one of them.
+#   each row goes to exactly one of them (a candidate left out by the cut is locked until
+#   the statement commits, no longer).
 # - lease_token fences everything the holder does next (START, FINISH, RETRY).
 # A row whose previous holder had started its send and then lost the lease (it crashed,
 # stalled or lost the database) goes back to 'retrying' with an event saying so: the outcome
@@ -93,13 +104,37 @@ WHERE client_id = %(client_id)s AND key = %(key)s
 # any other: once %(max_attempts)s have been started, the row is not leased again but
 # finished as 'failed' (like a queue's redrive limit), with the reason in its history.
 CLAIM = """
-WITH due AS (
-    SELECT o.id, o.attempts, o.locked_by AS expired_holder, o.sending AS was_sending,
-           o.sending AND o.attempts >= %(max_attempts)s AS exhausted
+WITH policy AS (
+    SELECT * FROM unnest(%(policy_channels)s::text[], %(policy_rates)s::float8[], %(policy_bursts)s::float8[])
+                  AS p(channel, rate, burst)
+), state AS (
+    SELECT s.channel, s.breaker, s.breaker_until, s.paused_until, p.rate,
+           least(p.burst, s.tokens + p.rate * extract(epoch FROM statement_timestamp() - s.refilled_at)) AS tokens,
+           s.breaker <> 'closed' AND s.breaker_until <= statement_timestamp() AS probe
+    FROM channel_state s JOIN policy p USING (channel)
+    FOR UPDATE OF s
+), allowance AS (
+    SELECT channel,
+           CASE WHEN paused_until > statement_timestamp() THEN 0
+                WHEN breaker <> 'closed' AND NOT probe THEN 0
+                WHEN probe THEN least(1, coalesce(floor(greatest(tokens, 0)), 1))
+                ELSE floor(greatest(tokens, 0)) END::int AS allowed  -- NULL: no budget
+    FROM state
+), pair AS (
+    SELECT p.priority, p.channel, p.ord,
+           least(p.room, coalesce(a.allowed, p.room)) AS room,
+           coalesce(a.allowed, %(limit)s) AS channel_room
     FROM unnest(%(priorities)s::smallint[], %(channels)s::text[], %(channel_limits)s::int[])
-         AS pair(priority, channel, room)
+         WITH ORDINALITY AS p(priority, channel, room, ord)
+    LEFT JOIN allowance a USING (channel)
+), candidate AS (
+    SELECT o.id, o.attempts, o.locked_by AS expired_holder, o.sending AS was_sending,
+           o.sending AND o.attempts >= %(max_attempts)s AS exhausted, pair.channel, pair.ord, o.run_at,
+           pair.channel_room,
+           row_number() OVER (PARTITION BY pair.channel ORDER BY pair.ord, o.run_at, o.id) AS nth
+    FROM pair
     CROSS JOIN LATERAL (
-        SELECT id, attempts, locked_by, sending
+        SELECT id, attempts, locked_by, sending, run_at
         FROM outbox
         WHERE channel = pair.channel
           AND priority = pair.priority
@@ -108,6 +143,11 @@ WITH due AS (
         LIMIT pair.room
         FOR UPDATE SKIP LOCKED
     ) AS o
+    WHERE pair.room > 0
+), due AS (
+    SELECT * FROM candidate
+    WHERE nth <= channel_room
+    ORDER BY ord, run_at, id
     LIMIT %(limit)s
 ), leased AS (
     UPDATE outbox o
@@ -117,7 +157,7 @@ WITH due AS (
         run_at = statement_timestamp() + make_interval(secs => %(lease_seconds)s)
     FROM due
     WHERE o.id = due.id AND NOT due.exhausted
-    RETURNING o.id, o.notification_id, o.attempts, due.expired_holder, due.was_sending
+    RETURNING o.id, o.notification_id, o.attempts, o.channel, due.expired_holder, due.was_sending
 ), lost AS (
     UPDATE notification n
     SET status = 'retrying', updated_at = statement_timestamp(),
@@ -158,8 +198,24 @@ WITH due AS (
            statement_timestamp()
     FROM failed
 )
+, charge AS (
+    -- The rows leased are taken from the budget; a probe makes the breaker half_open.
+    UPDATE channel_state s
+    SET tokens = CASE WHEN st.rate IS NULL THEN s.tokens ELSE st.tokens - coalesce(taken.n, 0) END,
+        refilled_at = statement_timestamp(),
+        breaker = CASE WHEN st.probe AND taken.n > 0 THEN 'half_open' ELSE s.breaker END,
+        breaker_until = CASE WHEN st.probe AND taken.n > 0
+                             THEN statement_timestamp() + make_interval(secs => %(lease_seconds)s)
+                             ELSE s.breaker_until END,
+        changed_at = CASE WHEN st.probe AND taken.n > 0 THEN statement_timestamp() ELSE s.changed_at END
+    FROM state st
+    LEFT JOIN (SELECT channel, count(*) AS n FROM leased GROUP BY channel) AS taken USING (channel)
+    WHERE s.channel = st.channel
+    RETURNING s.channel, st.probe AND taken.n > 0 AS probing
+)
 SELECT leased.id AS outbox_id, n.id, n.channel, n.recipient, n.subject, n.message, n.metadata,
-       leased.attempts + 1 AS attempt, n.expires_at
+       leased.attempts + 1 AS attempt, n.expires_at,
+       coalesce((SELECT probing FROM charge WHERE charge.channel = n.channel), false) AS probe
 FROM leased JOIN notification n ON n.id = leased.notification_id
 """
 
@@ -365,4 +421,59 @@ SET last_heartbeat_at = now(),
     failed = EXCLUDED.failed,
     retried = EXCLUDED.retried,
     problem = EXCLUDED.problem
+"""
+
+# Channel state: the row of each channel with a policy, created once (a dispatcher starts),
+# its bucket full.
+ENSURE_CHANNEL_STATE = """
+INSERT INTO channel_state (channel, tokens, refilled_at, failures, breaker, changed_at)
+SELECT channel, burst, statement_timestamp(), 0, 'closed', statement_timestamp()
+FROM unnest(%(channels)s::text[], %(bursts)s::float8[]) AS t(channel, burst)
+ON CONFLICT (channel) DO NOTHING
+"""
+
+# What a batch of outcomes says of each channel with a policy (outbox.recorder): whether a
+# send got through (the provider answered: sent, or refused for good), how many transient
+# failures followed the last one that did, and the longest Retry-After a provider asked for.
+# - The breaker counts consecutive transient failures: at `threshold` a closed breaker opens
+#   for `cool_down` seconds; the probe's outcome closes a half_open one, or opens it again; a
+#   send that got through closes an open one (it was in flight when it opened).
+# - A Retry-After pauses a channel with a rate budget until then (paused_until).
+# Takes channel_state rows alone (in channel order), so it cannot deadlock with CLAIM.
+# Returns the breaker before and after, for the transitions' log and metrics.
+CHANNEL_OUTCOMES = """
+WITH input AS (
+    SELECT * FROM unnest(%(channels)s::text[], %(got_through)s::bool[], %(trailing_failures)s::int[],
+                         %(thresholds)s::int[], %(cool_downs)s::float8[], %(pauses)s::float8[])
+         AS t(channel, got_through, trailing, threshold, cool_down, pause)
+), next AS (
+    SELECT i.*, prev.breaker AS before,
+           CASE WHEN i.got_through THEN i.trailing ELSE prev.failures + i.trailing END AS failures,
+           CASE
+               WHEN i.threshold IS NULL THEN prev.breaker
+               WHEN prev.breaker = 'half_open' THEN CASE WHEN i.got_through AND i.trailing = 0 THEN 'closed' ELSE 'open' END
+               WHEN prev.breaker = 'open' THEN CASE WHEN i.got_through AND i.trailing = 0 THEN 'closed' ELSE 'open' END
+               WHEN (CASE WHEN i.got_through THEN i.trailing ELSE prev.failures + i.trailing END) >= i.threshold
+                   THEN 'open'
+               ELSE 'closed'
+           END AS breaker
+    FROM input i JOIN channel_state prev USING (channel)
+    ORDER BY i.channel
+    FOR UPDATE OF prev
+), updated AS (
+    UPDATE channel_state s
+    SET failures = next.failures,
+        breaker = next.breaker,
+        breaker_until = CASE WHEN next.breaker = 'open' AND next.before <> 'open'
+                             THEN statement_timestamp() + make_interval(secs => next.cool_down)
+                             ELSE s.breaker_until END,
+        paused_until = CASE WHEN next.pause IS NULL THEN s.paused_until
+                            ELSE greatest(coalesce(s.paused_until, statement_timestamp()),
+                                          statement_timestamp() + make_interval(secs => next.pause)) END,
+        changed_at = CASE WHEN next.breaker <> next.before THEN statement_timestamp() ELSE s.changed_at END
+    FROM next
+    WHERE s.channel = next.channel
+    RETURNING s.channel, next.before, s.breaker AS after, s.failures
+)
+SELECT channel, before, after, failures FROM updated
 """

@@ -20,6 +20,7 @@ from django.db import connection, transaction
 from psycopg.types.json import Jsonb
 
 from channels.base import Message
+from channels.policy import ChannelPolicy
 from notifications.models import Status
 
 from . import sql
@@ -130,6 +131,7 @@ class Delivery:
     message: Message
     attempt: int
     lease_expires: float  # time.monotonic() by which the send must have started
+    probe: bool = False  # the one send that tests a channel whose circuit breaker was open
 
     @property
     def notification_id(self) -> str:
@@ -137,10 +139,12 @@ class Delivery:
 
 
 def claim(*, dispatcher: str, limit: int, lease_seconds: float, channels: Iterable[str] | Mapping[str, int],
-          max_attempts: int | None = None) -> list[Delivery]:
+          max_attempts: int | None = None, policies: Mapping[str, ChannelPolicy] | None = None) -> list[Delivery]:
     """Lease up to `limit` due rows of `channels` to `dispatcher` and return them; `channels`
-    may map each channel to the most rows to take of it. A row whose lease lapsed during its
-    send after `max_attempts` attempts (default OUTBOX_MAX_ATTEMPTS) is failed instead."""
+    may map each channel to the most rows to take of it. `policies` (channel -> its policy)
+    caps each channel by its rate budget and circuit breaker, shared by the fleet (their rows
+    must exist: ensure_channel_states). A row whose lease lapsed during its send after
+    `max_attempts` attempts (default OUTBOX_MAX_ATTEMPTS) is failed instead."""
     if max_attempts is None:
         max_attempts = settings.OUTBOX["MAX_ATTEMPTS"]
     limits = dict(channels) if isinstance(channels, Mapping) else dict.fromkeys(channels, limit)
@@ -149,10 +153,14 @@ def claim(*, dispatcher: str, limit: int, lease_seconds: float, channels: Iterab
     # Every (priority, channel) pair, priorities first; channels in a new order each time.
     channel_order = random.sample(list(limits), len(limits))
     pairs = [(priority, channel) for priority in PRIORITIES for channel in channel_order]
+    governed = [(name, policy) for name, policy in (policies or {}).items() if name in limits and policy.governs_claims]
     with connection.cursor() as cursor:
         cursor.execute(
             sql.CLAIM,
-            {"priorities": [p for p, _ in pairs], "channels": [c for _, c in pairs],
+            {"policy_channels": [name for name, _ in governed],
+             "policy_rates": [p.rate_limit.per_second if p.rate_limit else None for _, p in governed],
+             "policy_bursts": [p.rate_limit.burst if p.rate_limit else None for _, p in governed],
+             "priorities": [p for p, _ in pairs], "channels": [c for _, c in pairs],
              "channel_limits": [min(limits[c], limit) for _, c in pairs], "limit": limit,
              "dispatcher": dispatcher, "lease_token": token, "lease_seconds": lease_seconds,
              "max_attempts": max_attempts},
@@ -171,9 +179,62 @@ def claim(*, dispatcher: str, limit: int, lease_seconds: float, channels: Iterab
                             notification_id=str(notification_id), attempt=attempt),
             attempt=attempt,
             lease_expires=lease_expires,
+            probe=probe,
         )
-        for outbox_id, notification_id, channel, recipient, subject, body, metadata, attempt, _ in rows
+        for outbox_id, notification_id, channel, recipient, subject, body, metadata, attempt, _, probe in rows
     ]
+
+
+def ensure_channel_states(policies: Mapping[str, ChannelPolicy]) -> None:
+    """Create the channel_state row of each channel whose policy governs claims (its bucket
+    full); existing rows are left as they are."""
+    governed = {name: p for name, p in policies.items() if p.governs_claims}
+    if not governed:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(sql.ENSURE_CHANNEL_STATE, {
+            "channels": list(governed),
+            "bursts": [p.rate_limit.burst if p.rate_limit else 0.0 for p in governed.values()],
+        })
+
+
+@dataclass(frozen=True)
+class ChannelTransition:
+    """A breaker that changed state, from a batch of outcomes."""
+
+    channel: str
+    before: str
+    after: str
+    failures: int
+
+
+def record_channel_outcomes(outcomes: Sequence[Outcome], policies: Mapping[str, ChannelPolicy]) -> list[ChannelTransition]:
+    """Count a batch's outcomes into the breakers and pauses of their channels (CHANNEL_OUTCOMES);
+    the breakers that changed state."""
+    seen: dict[str, list[Outcome]] = {}
+    for outcome in outcomes:
+        policy = policies.get(outcome.delivery.channel)
+        if policy is not None and policy.governs_claims:
+            seen.setdefault(outcome.delivery.channel, []).append(outcome)
+    if not seen:
+        return []
+    rows = []
+    for channel, its in sorted(seen.items()):
+        policy = policies[channel]
+        through = [i for i, o in enumerate(its) if not o.provider_down]
+        trailing = len(its) - 1 - through[-1] if through else len(its)
+        pauses = [o.retry_after for o in its if o.retry_after is not None]
+        breaker = policy.circuit_breaker
+        rows.append((channel, bool(through), trailing, breaker.failures if breaker else None,
+                     breaker.cool_down if breaker else None,
+                     max(pauses) if pauses and policy.rate_limit else None))
+    with connection.cursor() as cursor:
+        cursor.execute(sql.CHANNEL_OUTCOMES, {
+            "channels": [r[0] for r in rows], "got_through": [r[1] for r in rows],
+            "trailing_failures": [r[2] for r in rows], "thresholds": [r[3] for r in rows],
+            "cool_downs": [r[4] for r in rows], "pauses": [r[5] for r in rows],
+        })
+        return [ChannelTransition(*row) for row in cursor.fetchall() if row[1] != row[2]]
 
 
 def start(deliveries: Sequence[Delivery], *, dispatcher: str) -> set[int]:
@@ -199,6 +260,8 @@ class Outcome:
     retry_delay: float = 0.0  # seconds, for 'retrying'
     duration: float = 0.0  # seconds the send took
     ended_at: float = 0.0  # when it ended (Unix time), for the log
+    provider_down: bool = False  # a transient failure: counts towards the channel's breaker
+    retry_after: float | None = None  # the provider's own "come back after", in seconds
 
 
 def record_outcomes(outcomes: Sequence[Outcome], *, dispatcher: str) -> int:
