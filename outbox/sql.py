@@ -117,8 +117,9 @@ WITH policy AS (
     SELECT channel,
            CASE WHEN paused_until > statement_timestamp() THEN 0
                 WHEN breaker <> 'closed' AND NOT probe THEN 0
-                WHEN probe THEN least(1, coalesce(floor(greatest(tokens, 0)), 1))
-                ELSE floor(greatest(tokens, 0)) END::int AS allowed  -- NULL: no budget
+                WHEN probe THEN CASE WHEN rate IS NULL OR tokens >= 1 THEN 1 ELSE 0 END
+                WHEN rate IS NULL THEN NULL  -- no budget (greatest() would read NULL as 0)
+                ELSE floor(greatest(tokens, 0)) END::int AS allowed
     FROM state
 ), pair AS (
     SELECT p.priority, p.channel, p.ord,
@@ -445,15 +446,16 @@ CHANNEL_OUTCOMES = """
 WITH input AS (
     SELECT * FROM unnest(%(channels)s::text[], %(got_through)s::bool[], %(trailing_failures)s::int[],
                          %(thresholds)s::int[], %(cool_downs)s::float8[], %(pauses)s::float8[])
-         AS t(channel, got_through, trailing, threshold, cool_down, pause)
+         AS t(channel, got_through, trailing_failures, threshold, cool_down, pause)
 ), next AS (
     SELECT i.*, prev.breaker AS before,
-           CASE WHEN i.got_through THEN i.trailing ELSE prev.failures + i.trailing END AS failures,
+           CASE WHEN i.got_through THEN i.trailing_failures ELSE prev.failures + i.trailing_failures END AS failures,
            CASE
                WHEN i.threshold IS NULL THEN prev.breaker
-               WHEN prev.breaker = 'half_open' THEN CASE WHEN i.got_through AND i.trailing = 0 THEN 'closed' ELSE 'open' END
-               WHEN prev.breaker = 'open' THEN CASE WHEN i.got_through AND i.trailing = 0 THEN 'closed' ELSE 'open' END
-               WHEN (CASE WHEN i.got_through THEN i.trailing ELSE prev.failures + i.trailing END) >= i.threshold
+               WHEN prev.breaker <> 'closed'
+                   THEN CASE WHEN i.got_through AND i.trailing_failures = 0 THEN 'closed' ELSE 'open' END
+               WHEN (CASE WHEN i.got_through THEN i.trailing_failures ELSE prev.failures + i.trailing_failures END)
+                    >= i.threshold
                    THEN 'open'
                ELSE 'closed'
            END AS breaker

@@ -4,12 +4,15 @@ Options:
 - `latency_ms`: how long each send takes (sleeps, so sends overlap on dispatcher threads).
 - `transient_rate`, `permanent_rate`: probability that a send raises that kind of error.
 - `fail_first_attempts`: attempts 1..N fail transiently, later ones succeed (deterministic).
+- `fail_first_sends`: the first N sends of each process fail transiently, whatever they are
+  (a provider down for a while, then back).
 - `retry_after`: seconds to report as the provider's Retry-After on transient failures.
 """
 
 from __future__ import annotations
 
 import random
+import threading
 import time
 import uuid
 
@@ -29,6 +32,7 @@ class FakeChannel(Channel):
         transient_rate: float = 0.0,
         permanent_rate: float = 0.0,
         fail_first_attempts: int = 0,
+        fail_first_sends: int = 0,
         retry_after: float | None = None,
     ):
         super().__init__(name, timeout=latency_ms / 1000 + 1.0)
@@ -36,11 +40,17 @@ class FakeChannel(Channel):
         self.transient_rate = transient_rate
         self.permanent_rate = permanent_rate
         self.fail_first_attempts = fail_first_attempts
+        self._failures_left = fail_first_sends
+        self._lock = threading.Lock()
         self.retry_after = retry_after
 
     def send(self, message: Message) -> str:
         if self.latency:
             time.sleep(self.latency)
+        with self._lock:
+            down, self._failures_left = self._failures_left > 0, max(0, self._failures_left - 1)
+        if down:
+            raise TransientChannelError("fake provider down", retry_after=self.retry_after)
         if message.attempt <= self.fail_first_attempts:
             raise TransientChannelError(f"fake transient failure on attempt {message.attempt}", retry_after=self.retry_after)
         roll = random.random()
