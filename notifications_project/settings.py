@@ -231,6 +231,9 @@ OUTBOX = {
     "RETRY_BASE_SECONDS": env_float("OUTBOX_RETRY_BASE_SECONDS", 5),
     "RETRY_CAP_SECONDS": env_float("OUTBOX_RETRY_CAP_SECONDS", 3600),
     "MAX_ATTEMPTS": int(env_float("OUTBOX_MAX_ATTEMPTS", 10)),
+    # A notification whose channel has fallbacks (channels.policy) moves to the next one after
+    # this many transient failures on its channel (and at once while its breaker is open).
+    "FAILOVER_AFTER_ATTEMPTS": int(env_float("OUTBOX_FAILOVER_AFTER_ATTEMPTS", 3)),
     # An API process sends at most one NOTIFY per this many milliseconds (NOTIFY serialises
     # commits on a global lock); dispatchers look once more after this window.
     "NOTIFY_DEBOUNCE_MS": env_float("OUTBOX_NOTIFY_DEBOUNCE_MS", 25),

@@ -110,6 +110,8 @@ class Dispatcher:
         notify_debounce: float = 0.01,
         retry_policy: RetryPolicy,
         dispatcher_id: str | None = None,
+        failover_after: int = 3,
+        routes: dict[str, list[str]] | None = None,
     ):
         self.channels = channels
         self.threads = threads
@@ -125,6 +127,13 @@ class Dispatcher:
                       for name, channel in channels.items()}
         # Rate budgets and circuit breakers, shared with the fleet through channel_state.
         self.policies = {name: channel.policy for name, channel in channels.items()}
+        # Failover: after this many transient failures on its channel a row moves on.
+        self.failover_after = failover_after
+        # channel -> its fallbacks, of every configured channel (a row served here may come from
+        # a channel served elsewhere); by default, those of `channels`.
+        self.routes = routes if routes is not None else {
+            name: list(policy.fallback) for name, policy in self.policies.items() if policy.fallback}
+        self._failover_checked_at = 0.0
         self.recorder = OutcomeRecorder(self.id, policies=self.policies)
         self._states_ready = False
 
@@ -202,6 +211,7 @@ class Dispatcher:
                 if not self._states_ready:
                     store.ensure_channel_states(self.policies)
                     self._states_ready = True
+                self._fail_over_open_channels()
                 # A dispatcher that cannot record outcomes claims nothing: what it sent could
                 # not be recorded either (its heartbeat and metrics say so).
                 if may_claim and not self.recorder.problem:
@@ -218,6 +228,26 @@ class Dispatcher:
                 self._wake.wait(self._idle_timeout())
                 may_claim = True  # woken by new work, by free threads, or the poll interval
         self._release_ready()
+
+    def _fail_over_open_channels(self) -> None:
+        """Now and then (every poll interval), move the due rows of channels whose breaker is
+        open to their fallbacks."""
+        if not self.routes or time.monotonic() - self._failover_checked_at < self.poll_interval:
+            return
+        self._failover_checked_at = time.monotonic()
+        moved = store.failover_from_open(channels=sorted(self.routes), routes=self.routes, dispatcher=self.id)
+        if moved:
+            logger.warning("dispatcher %s: %d notifications failed over from channels whose circuit breaker is open",
+                           self.id, moved)
+
+    def next_hop(self, delivery: store.Delivery) -> str | None:
+        """The channel a row fails over to from its current one: the next of its origin's
+        fallback list, or None at its end."""
+        route = self.routes.get(delivery.origin or delivery.channel, [])
+        if delivery.channel not in route:
+            return route[0] if route else None
+        position = route.index(delivery.channel) + 1
+        return route[position] if position < len(route) else None
 
     def _claim(self) -> tuple[bool, bool]:
         """Claim rows for the lanes that can take more: (whether any came, whether more may be due)."""
@@ -345,5 +375,8 @@ class Dispatcher:
         transient = {"provider_down": True, "retry_after": retry_after, **timing}
         delay = self.retry_policy.delay(delivery.attempt, retry_after)
         if delay is not None:
+            move_to = self.next_hop(delivery) if delivery.attempt - delivery.moved_at_attempt >= self.failover_after else None
+            if move_to is not None:  # to the fallback, due at once
+                return store.Outcome(delivery, "retrying", error=error, move_to=move_to, **transient)
             return store.Outcome(delivery, "retrying", error=error, retry_delay=delay, **transient)
         return store.Outcome(delivery, "failed", error=f"gave up after {delivery.attempt} attempts: {error}", **transient)

@@ -30,6 +30,11 @@ class OutboxEntry(models.Model):
     # Fencing token of the current lease: an outcome is recorded only with the token of the
     # claim that produced it, so a dispatcher whose lease expired cannot overwrite a newer one.
     lease_token = models.UUIDField(null=True, blank=True)
+    # Failover (channels.policy fallback): the channel the notification was accepted for, once
+    # it has moved to another (NULL while it has not), and the attempts it had when it moved,
+    # so that the attempts on its current channel are attempts - moved_at_attempt.
+    origin = models.CharField(max_length=100, null=True, blank=True)
+    moved_at_attempt = models.PositiveIntegerField(default=0, db_default=0)
 
     class Meta:
         db_table = "outbox"

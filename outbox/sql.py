@@ -158,7 +158,8 @@ WITH policy AS (
         run_at = statement_timestamp() + make_interval(secs => %(lease_seconds)s)
     FROM due
     WHERE o.id = due.id AND NOT due.exhausted
-    RETURNING o.id, o.notification_id, o.attempts, o.channel, due.expired_holder, due.was_sending
+    RETURNING o.id, o.notification_id, o.attempts, o.channel, o.origin, o.moved_at_attempt,
+              due.expired_holder, due.was_sending
 ), lost AS (
     UPDATE notification n
     SET status = 'retrying', updated_at = statement_timestamp(),
@@ -216,7 +217,8 @@ WITH policy AS (
 )
 SELECT leased.id AS outbox_id, n.id, n.channel, n.recipient, n.subject, n.message, n.metadata,
        leased.attempts + 1 AS attempt, n.expires_at,
-       coalesce((SELECT probing FROM charge WHERE charge.channel = n.channel), false) AS probe
+       coalesce((SELECT probing FROM charge WHERE charge.channel = n.channel), false) AS probe,
+       leased.origin, leased.moved_at_attempt
 FROM leased JOIN notification n ON n.id = leased.notification_id
 """
 
@@ -310,30 +312,88 @@ FROM finished
 # Transient failures: release the lease and make the row due again after its backoff delay
 # (computed by outbox.retry.RetryPolicy); the notification shows 'retrying' with the error and
 # the time of the next attempt. Fenced on lease_token like FINISH.
+# A row given a %(move_tos)s channel fails over (channels.policy fallback): it moves to that
+# channel, due at once, remembering its origin; the notification's channel follows, and its
+# history says so.
 RETRY = """
 WITH outcome AS (
     SELECT *
     FROM unnest(%(outbox_ids)s::bigint[], %(lease_tokens)s::uuid[], %(errors)s::text[],
-                %(delays)s::float8[])
-         AS t(outbox_id, lease_token, error, delay_seconds)
+                %(delays)s::float8[], %(move_tos)s::text[])
+         AS t(outbox_id, lease_token, error, delay_seconds, move_to)
 ), released AS (
     UPDATE outbox o
     SET run_at = statement_timestamp() + make_interval(secs => outcome.delay_seconds),
-        locked_by = NULL, lease_token = NULL, sending = false
+        locked_by = NULL, lease_token = NULL, sending = false,
+        channel = coalesce(outcome.move_to, o.channel),
+        origin = CASE WHEN outcome.move_to IS NULL THEN o.origin ELSE coalesce(o.origin, o.channel) END,
+        moved_at_attempt = CASE WHEN outcome.move_to IS NULL THEN o.moved_at_attempt ELSE o.attempts END
     FROM outcome
     WHERE o.id = outcome.outbox_id AND o.lease_token = outcome.lease_token
-    RETURNING o.notification_id, o.attempts, o.run_at, outcome.error
+    RETURNING o.notification_id, o.attempts, o.run_at, outcome.error, outcome.move_to
 ), updated AS (
     UPDATE notification n
-    SET status = 'retrying', updated_at = statement_timestamp(), last_error = r.error
+    SET status = 'retrying', updated_at = statement_timestamp(), last_error = r.error,
+        channel = coalesce(r.move_to, n.channel)
     FROM released r
     WHERE n.id = r.notification_id
+    RETURNING n.id
 )
 INSERT INTO notification_event (notification_id, status, attempt, error, provider_message_id,
                                 dispatcher, next_attempt_at, note, created_at)
-SELECT notification_id, 'retrying', attempts, error, '', %(dispatcher)s, run_at, '',
+SELECT notification_id, 'retrying', attempts, error, '', %(dispatcher)s, run_at,
+       CASE WHEN move_to IS NULL THEN '' ELSE 'failed over to channel ' || move_to END,
        statement_timestamp()
 FROM released
+"""
+
+# Failover from an open circuit breaker: due rows of the channels among %(channels)s whose
+# breaker is open, not leased since their last attempt, move to the next channel of their
+# origin's fallback list (%(routes)s: origin -> [fallbacks]) whose breaker is not open. Runs
+# from each dispatcher's claim loop now and then; rows locked by a claim are skipped.
+# Index outbox_claim_idx (channel, ...) finds an open channel's rows.
+FAILOVER_FROM_OPEN = """
+WITH open AS (
+    SELECT channel FROM channel_state
+    WHERE breaker <> 'closed' AND channel = ANY(%(channels)s::text[])
+), moving AS (
+    SELECT o.id, o.channel, coalesce(o.origin, o.channel) AS origin
+    FROM outbox o
+    WHERE o.channel IN (SELECT channel FROM open)
+      AND o.run_at <= statement_timestamp() AND o.locked_by IS NULL
+    ORDER BY o.run_at
+    LIMIT %(limit)s
+    FOR UPDATE OF o SKIP LOCKED
+), target AS (
+    SELECT m.id, m.channel, m.origin,
+           (SELECT hop.name
+            FROM jsonb_array_elements_text(%(routes)s::jsonb -> m.origin) WITH ORDINALITY AS hop(name, position)
+            WHERE hop.position > coalesce(
+                      (SELECT here.position
+                       FROM jsonb_array_elements_text(%(routes)s::jsonb -> m.origin) WITH ORDINALITY AS here(name, position)
+                       WHERE here.name = m.channel), 0)
+              AND hop.name NOT IN (SELECT channel FROM open)
+            ORDER BY hop.position LIMIT 1) AS move_to
+    FROM moving m
+), moved AS (
+    UPDATE outbox o
+    SET channel = t.move_to, origin = t.origin, moved_at_attempt = o.attempts, run_at = statement_timestamp()
+    FROM target t
+    WHERE o.id = t.id AND t.move_to IS NOT NULL
+    RETURNING o.notification_id, o.attempts, t.channel AS moved_from, t.move_to
+), renamed AS (
+    UPDATE notification n SET channel = m.move_to, updated_at = statement_timestamp()
+    FROM moved m WHERE n.id = m.notification_id
+    RETURNING n.id, n.status
+), moved_event AS (
+    INSERT INTO notification_event (notification_id, status, attempt, error, provider_message_id,
+                                    dispatcher, note, created_at)
+    SELECT m.notification_id, r.status, m.attempts, '', '', %(dispatcher)s,
+           'failed over to channel ' || m.move_to || ': the circuit breaker of ' || m.moved_from || ' is open',
+           statement_timestamp()
+    FROM moved m JOIN renamed r ON r.id = m.notification_id
+)
+SELECT count(*) FROM moved
 """
 
 # Release: a stopping dispatcher gives back rows it claimed but did not start, so that others

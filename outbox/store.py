@@ -132,6 +132,8 @@ class Delivery:
     attempt: int
     lease_expires: float  # time.monotonic() by which the send must have started
     probe: bool = False  # the one send that tests a channel whose circuit breaker was open
+    origin: str | None = None  # the channel it was accepted for, once it failed over
+    moved_at_attempt: int = 0  # its attempts when it moved: attempt - this are on `channel`
 
     @property
     def notification_id(self) -> str:
@@ -180,8 +182,11 @@ def claim(*, dispatcher: str, limit: int, lease_seconds: float, channels: Iterab
             attempt=attempt,
             lease_expires=lease_expires,
             probe=probe,
+            origin=origin,
+            moved_at_attempt=moved_at_attempt,
         )
-        for outbox_id, notification_id, channel, recipient, subject, body, metadata, attempt, _, probe in rows
+        for (outbox_id, notification_id, channel, recipient, subject, body, metadata, attempt, _, probe,
+             origin, moved_at_attempt) in rows
     ]
 
 
@@ -196,6 +201,16 @@ def ensure_channel_states(policies: Mapping[str, ChannelPolicy]) -> None:
             "channels": list(governed),
             "bursts": [p.rate_limit.burst if p.rate_limit else 0.0 for p in governed.values()],
         })
+
+
+def failover_from_open(*, channels: Sequence[str], routes: Mapping[str, Sequence[str]], dispatcher: str,
+                       limit: int = 1000) -> int:
+    """Move due rows of `channels` whose circuit breaker is open to the next channel of their
+    origin's fallback route (`routes`: channel -> its fallback list); how many moved."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql.FAILOVER_FROM_OPEN, {"channels": list(channels), "routes": Jsonb(dict(routes)),
+                                                "limit": limit, "dispatcher": dispatcher})
+        return cursor.fetchone()[0]
 
 
 @dataclass(frozen=True)
@@ -262,6 +277,7 @@ class Outcome:
     ended_at: float = 0.0  # when it ended (Unix time), for the log
     provider_down: bool = False  # a transient failure: counts towards the channel's breaker
     retry_after: float | None = None  # the provider's own "come back after", in seconds
+    move_to: str | None = None  # for 'retrying': fail over to this channel (channels.policy fallback)
 
 
 def record_outcomes(outcomes: Sequence[Outcome], *, dispatcher: str) -> int:
@@ -287,6 +303,7 @@ def record_outcomes(outcomes: Sequence[Outcome], *, dispatcher: str) -> int:
             "lease_tokens": [o.delivery.lease_token for o in retrying],
             "errors": [o.error for o in retrying],
             "delays": [o.retry_delay for o in retrying],
+            "move_tos": [o.move_to for o in retrying],
             "dispatcher": dispatcher,
         }))
     recorded = 0

@@ -69,6 +69,8 @@ class Command(BaseCommand):
                 poll_interval=options["poll_interval"],
                 notify_debounce=settings.OUTBOX["NOTIFY_DEBOUNCE_MS"] / 1000,
                 retry_policy=RetryPolicy.from_settings(),
+                failover_after=settings.OUTBOX["FAILOVER_AFTER_ATTEMPTS"],
+                routes={name: list(c.policy.fallback) for name, c in configured.items() if c.policy.fallback},
             )
             dispatcher.install_signal_handlers()
             return dispatcher.run()
