@@ -20,6 +20,7 @@ from rest_framework.reverse import reverse
 from rest_framework.views import APIView
 
 from channels.registry import all_channels
+from outbox.models import ChannelState
 
 from . import services
 from .models import Notification
@@ -241,6 +242,17 @@ def _detail(request, pk, code: int = status.HTTP_200_OK) -> Response:
 class ChannelListView(APIView):
     """GET: the channels this service is configured with."""
 
-    @extend_schema(summary="Configured channels, their kinds and limits", responses={200: ChannelListSerializer, **errors(401)})
+    @extend_schema(summary="Configured channels, their kinds, limits, rate budgets, circuit breakers and fallbacks",
+                   responses={200: ChannelListSerializer, **errors(401)})
     def get(self, request):
-        return Response({"channels": [channel.describe() for _, channel in sorted(all_channels().items())]})
+        states = {state.channel: state for state in ChannelState.objects.all()}
+        return Response({"channels": [{**channel.describe(), "state": _state_of(states.get(name))}
+                                      for name, channel in sorted(all_channels().items())]})
+
+
+def _state_of(state: ChannelState | None) -> dict | None:
+    """What the fleet knows of a channel with a policy now (None: no policy, or no claim yet)."""
+    if state is None:
+        return None
+    return {"circuit_breaker": state.breaker, "open_until": state.breaker_until if state.breaker != "closed" else None,
+            "paused_until": state.paused_until, "consecutive_failures": state.failures}

@@ -8,7 +8,7 @@ from django.contrib import admin
 from django.db.models import DurationField, ExpressionWrapper, F, Q
 from django.db.models.functions import Now
 
-from .models import Dispatcher, OutboxEntry
+from .models import ChannelState, Dispatcher, OutboxEntry
 
 
 @admin.register(OutboxEntry)
@@ -95,3 +95,20 @@ class DispatcherAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False  # written by the dispatchers' heartbeats; deleting a stopped or gone row is allowed
+
+
+@admin.register(ChannelState)
+class ChannelStateAdmin(admin.ModelAdmin):
+    """The fleet's state of each channel with a policy: its rate budget and circuit breaker.
+    Read-only: the dispatchers write it."""
+
+    list_display = ["channel", "breaker", "failures", "breaker_until", "paused_until", "tokens", "changed_at"]
+    list_filter = ["breaker"]
+    fields = ["channel", "breaker", "failures", "breaker_until", "paused_until", "tokens", "refilled_at", "changed_at"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

@@ -160,33 +160,46 @@ FROM outbox
 """
 
 
+# The fleet's state of each channel with a policy (rate budget, circuit breaker).
+CHANNEL_STATE_SQL = "SELECT channel, breaker FROM channel_state ORDER BY channel"
+BREAKER_STATES = ("closed", "open", "half_open")
+
+
 class OutboxCollector:
-    """outbox_pending and outbox_oldest_due_age_seconds, queried when scraped. If the database
-    does not answer, the two gauges are left out of that scrape (and /readyz answers 503)."""
+    """outbox_pending, outbox_oldest_due_age_seconds and channel_circuit_breaker{channel, state}
+    (1 for each channel's current state), queried when scraped. If the database does not
+    answer, the gauges are left out of that scrape (and /readyz answers 503)."""
 
     def describe(self):
-        return self._families(None, None)
+        return self._families(None, None, [])
 
     def collect(self):
         try:
             with connection.cursor() as cursor:
                 cursor.execute(OUTBOX_GAUGES_SQL)
                 pending, oldest_age = cursor.fetchone()
+                cursor.execute(CHANNEL_STATE_SQL)
+                breakers = cursor.fetchall()
         except (DatabaseError, InterfaceError) as exc:
             logger.warning("metrics: outbox gauges unavailable (%s)", exc)
             return []
-        return self._families(pending, max(0.0, float(oldest_age)))
+        return self._families(pending, max(0.0, float(oldest_age)), breakers)
 
     @staticmethod
-    def _families(pending, oldest_age):
+    def _families(pending, oldest_age, breakers):
         from prometheus_client.core import GaugeMetricFamily
 
         families = [
             GaugeMetricFamily("outbox_pending", "Notifications waiting in the outbox (due, scheduled or being sent)."),
             GaugeMetricFamily("outbox_oldest_due_age_seconds",
                               "Seconds since the oldest due outbox row became due (0 if none is due)."),
+            GaugeMetricFamily("channel_circuit_breaker", "Each channel's circuit breaker: 1 for its current state.",
+                              labels=["channel", "state"]),
         ]
         if pending is not None:
             families[0].add_metric([], pending)
             families[1].add_metric([], oldest_age)
+        for channel, current in breakers:
+            for state in BREAKER_STATES:
+                families[2].add_metric([channel, state], 1 if state == current else 0)
         return families

@@ -11,10 +11,12 @@ from __future__ import annotations
 import re
 
 from django.db import connection
+from django.test import Client, override_settings
 
+from channels.config import load_channels_file
 from notifications.models import Notification, NotificationEvent
 from outbox.models import ChannelState
-from tests.helpers import enqueue, fast_retries, wait_until, wait_until_settled
+from tests.helpers import enqueue, fast_retries, make_api_client, wait_until, wait_until_settled
 
 
 def fake_with(channels_file, options: str, policy: str):
@@ -70,6 +72,12 @@ def test_a_circuit_breaker_opens_stops_the_sends_probes_after_its_cool_down_and_
                                     env={**fast_retries("0.05", "0.1"), "OUTBOX_POLL_INTERVAL_SECONDS": "0.1"})
     wait_until(lambda: ChannelState.objects.filter(channel="fake", breaker="open").exists(), message="the breaker opens")
     opened = ChannelState.objects.get(channel="fake")
+    # The API (configured with the same channels file) and /metrics show it.
+    with override_settings(NOTIFICATION_CHANNELS=load_channels_file(path)):
+        (fake,) = [c for c in make_api_client().get("/api/v1/channels").json()["channels"] if c["name"] == "fake"]
+    assert fake["circuit_breaker"] == {"failures": 3, "cool_down": 2.0}
+    assert fake["state"]["circuit_breaker"] in ("open", "half_open")
+    assert 'channel_circuit_breaker{channel="fake",state="closed"} 0.0' in Client().get("/metrics").content.decode()
     wait_until_settled(ids, "all sent once the probe succeeded", timeout=40)
     log = dispatchers.log()
     # (at 3 or more: a batch of outcomes may bring several at once)
