@@ -101,6 +101,9 @@ def check_fallbacks(kinds: Mapping[str, str], policies: Mapping[str, ChannelPoli
     """Every fallback names a configured channel of the same kind, and no chain of fallbacks
     comes back to where it started. `kinds`: channel name -> its kind."""
     for name, policy in policies.items():
+        if policy.recipient_rate_limit is not None:
+            raise ChannelConfigurationError(
+                f"channel {name!r}: recipient_rate_limit is not enforced yet; remove it (rate_limit is)")
         for other in policy.fallback:
             if other == name:
                 raise ChannelConfigurationError(f"channel {name!r}: falls back to itself")
