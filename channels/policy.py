@@ -70,7 +70,7 @@ class ChannelPolicy:
     @property
     def governs_claims(self) -> bool:
         """Whether claims of the channel go through its shared state (a budget or a breaker)."""
-        return self.rate_limit is not None or self.circuit_breaker is not None
+        return any(x is not None for x in (self.rate_limit, self.recipient_rate_limit, self.circuit_breaker))
 
     def describe(self) -> dict[str, Any]:
         breaker = self.circuit_breaker
@@ -101,9 +101,6 @@ def check_fallbacks(kinds: Mapping[str, str], policies: Mapping[str, ChannelPoli
     """Every fallback names a configured channel of the same kind, and no chain of fallbacks
     comes back to where it started. `kinds`: channel name -> its kind."""
     for name, policy in policies.items():
-        if policy.recipient_rate_limit is not None:
-            raise ChannelConfigurationError(
-                f"channel {name!r}: recipient_rate_limit is not enforced yet; remove it (rate_limit is)")
         for other in policy.fallback:
             if other == name:
                 raise ChannelConfigurationError(f"channel {name!r}: falls back to itself")

@@ -134,6 +134,7 @@ class Dispatcher:
         self.routes = routes if routes is not None else {
             name: list(policy.fallback) for name, policy in self.policies.items() if policy.fallback}
         self._failover_checked_at = 0.0
+        self._pruned_at = 0.0
         self.recorder = OutcomeRecorder(self.id, policies=self.policies)
         self._states_ready = False
 
@@ -212,6 +213,7 @@ class Dispatcher:
                     store.ensure_channel_states(self.policies)
                     self._states_ready = True
                 self._fail_over_open_channels()
+                self._prune_recipient_budgets()
                 # A dispatcher that cannot record outcomes claims nothing: what it sent could
                 # not be recorded either (its heartbeat and metrics say so).
                 if may_claim and not self.recorder.problem:
@@ -239,6 +241,13 @@ class Dispatcher:
         if moved:
             logger.warning("dispatcher %s: %d notifications failed over from channels whose circuit breaker is open",
                            self.id, moved)
+
+    def _prune_recipient_budgets(self) -> None:
+        """Every minute, forget recipient budgets that are full again."""
+        if time.monotonic() - self._pruned_at < 60:
+            return
+        self._pruned_at = time.monotonic()
+        store.prune_recipient_budgets(self.policies)
 
     def next_hop(self, delivery: store.Delivery) -> str | None:
         """The channel a row fails over to from its current one: the next of its origin's

@@ -35,6 +35,9 @@ class OutboxEntry(models.Model):
     # so that the attempts on its current channel are attempts - moved_at_attempt.
     origin = models.CharField(max_length=100, null=True, blank=True)
     moved_at_attempt = models.PositiveIntegerField(default=0, db_default=0)
+    # The notification's recipient, for the per-recipient rate budget of the claim (a copy:
+    # the claim must skip a busy recipient's rows while it scans the outbox).
+    recipient = models.TextField(null=True, blank=True)
 
     class Meta:
         db_table = "outbox"
@@ -106,3 +109,19 @@ class ChannelState(models.Model):
 
     def __str__(self) -> str:
         return f"{self.channel}: {self.breaker}"
+
+
+class RecipientBudget(models.Model):
+    """The rate budget of one recipient of a channel with a recipient_rate_limit: a token
+    bucket like ChannelState's, charged by the claim under the channel's row lock. A bucket
+    left alone long enough is full again, and its row is deleted (outbox/sql.py)."""
+
+    channel = models.CharField(max_length=100)
+    recipient = models.TextField()
+    tokens = models.FloatField()
+    refilled_at = models.DateTimeField(db_default=models.functions.Now())
+
+    class Meta:
+        db_table = "recipient_budget"
+        constraints = [models.UniqueConstraint(fields=["channel", "recipient"], name="recipient_budget_unique")]
+        indexes = [models.Index(fields=["refilled_at"], name="recipient_budget_refilled_idx")]

@@ -38,14 +38,14 @@ WITH input AS (
            CASE WHEN send_at > statement_timestamp() THEN 'scheduled' ELSE 'queued' END,
            0, '', '', priority, send_at, expires_at
     FROM input
-    RETURNING id, channel, status, priority, send_at, created_at
+    RETURNING id, channel, recipient, status, priority, send_at, created_at
 ), first_event AS (
     INSERT INTO notification_event (notification_id, status, attempt, error,
                                     provider_message_id, dispatcher, note, created_at)
     SELECT id, status, 0, '', '', '', '', created_at FROM new_notification
 ), new_outbox AS (
-    INSERT INTO outbox (notification_id, channel, priority, run_at, attempts, sending)
-    SELECT id, channel, priority, greatest(send_at, created_at), 0, false
+    INSERT INTO outbox (notification_id, channel, priority, run_at, attempts, sending, recipient)
+    SELECT id, channel, priority, greatest(send_at, created_at), 0, false, recipient
     FROM new_notification
 )
 SELECT id, status, created_at,
@@ -80,7 +80,8 @@ WHERE client_id = %(client_id)s AND key = %(key)s
 # than the fleet's policy allows the channel right now (channels.policy):
 # - The state of each channel with a policy (%(policy_channels)s; table channel_state) is read
 #   and locked first (`FOR UPDATE OF s`): claims for that channel, from every dispatcher on
-#   every host, take their share one after another. Lock order: channel_state, then outbox
+#   every host, take their share one after another. (With recipient budgets, the claim's
+#   transaction takes the lock before this statement: LOCK_CHANNEL_STATES.) Lock order: channel_state, then outbox
 #   rows, then notification rows; the recorder's CHANNEL_OUTCOMES takes channel_state alone.
 # - Its rate budget is a token bucket refilled from the database's clock: it allows
 #   floor(tokens) rows, and is charged for the rows leased (`charge`). While a provider's
@@ -105,16 +106,18 @@ WHERE client_id = %(client_id)s AND key = %(key)s
 # finished as 'failed' (like a queue's redrive limit), with the reason in its history.
 CLAIM = """
 WITH policy AS (
-    SELECT * FROM unnest(%(policy_channels)s::text[], %(policy_rates)s::float8[], %(policy_bursts)s::float8[])
-                  AS p(channel, rate, burst)
+    SELECT * FROM unnest(%(policy_channels)s::text[], %(policy_rates)s::float8[], %(policy_bursts)s::float8[],
+                         %(policy_recipient_rates)s::float8[], %(policy_recipient_bursts)s::float8[])
+                  AS p(channel, rate, burst, recipient_rate, recipient_burst)
 ), state AS (
-    SELECT s.channel, s.breaker, s.breaker_until, s.paused_until, p.rate,
+    SELECT s.channel, s.breaker, s.breaker_until, s.paused_until, p.rate, p.recipient_rate, p.recipient_burst,
            least(p.burst, s.tokens + p.rate * extract(epoch FROM statement_timestamp() - s.refilled_at)) AS tokens,
            s.breaker <> 'closed' AND s.breaker_until <= statement_timestamp() AS probe
     FROM channel_state s JOIN policy p USING (channel)
+    ORDER BY s.channel  -- every claimer locks in the same order: no deadlock between claims
     FOR UPDATE OF s
 ), allowance AS (
-    SELECT channel,
+    SELECT channel, recipient_rate, recipient_burst,
            CASE WHEN paused_until > statement_timestamp() THEN 0
                 WHEN breaker <> 'closed' AND NOT probe THEN 0
                 WHEN probe THEN CASE WHEN rate IS NULL OR tokens >= 1 THEN 1 ELSE 0 END
@@ -122,7 +125,7 @@ WITH policy AS (
                 ELSE floor(greatest(tokens, 0)) END::int AS allowed
     FROM state
 ), pair AS (
-    SELECT p.priority, p.channel, p.ord,
+    SELECT p.priority, p.channel, p.ord, a.recipient_rate, a.recipient_burst,
            least(p.room, coalesce(a.allowed, p.room)) AS room,
            coalesce(a.allowed, %(limit)s) AS channel_room
     FROM unnest(%(priorities)s::smallint[], %(channels)s::text[], %(channel_limits)s::int[])
@@ -131,23 +134,32 @@ WITH policy AS (
 ), candidate AS (
     SELECT o.id, o.attempts, o.locked_by AS expired_holder, o.sending AS was_sending,
            o.sending AND o.attempts >= %(max_attempts)s AS exhausted, pair.channel, pair.ord, o.run_at,
-           pair.channel_room,
-           row_number() OVER (PARTITION BY pair.channel ORDER BY pair.ord, o.run_at, o.id) AS nth
+           o.recipient, pair.channel_room, pair.recipient_rate,
+           row_number() OVER (PARTITION BY pair.channel ORDER BY pair.ord, o.run_at, o.id) AS nth,
+           row_number() OVER (PARTITION BY pair.channel, o.recipient ORDER BY pair.ord, o.run_at, o.id) AS nth_for_recipient
     FROM pair
     CROSS JOIN LATERAL (
-        SELECT id, attempts, locked_by, sending, run_at
+        SELECT id, attempts, locked_by, sending, run_at, recipient
         FROM outbox
         WHERE channel = pair.channel
           AND priority = pair.priority
           AND run_at <= statement_timestamp()
+          -- A recipient whose budget is spent is passed over (recipient_budget's unique
+          -- index), so that its burst does not hold up the others.
+          AND (pair.recipient_rate IS NULL OR NOT EXISTS (
+                SELECT 1 FROM recipient_budget rb
+                WHERE rb.channel = pair.channel AND rb.recipient = outbox.recipient
+                  AND least(pair.recipient_burst, rb.tokens + pair.recipient_rate
+                            * extract(epoch FROM statement_timestamp() - rb.refilled_at)) < 1))
         ORDER BY run_at, id
         LIMIT pair.room
         FOR UPDATE SKIP LOCKED
     ) AS o
     WHERE pair.room > 0
 ), due AS (
+    -- One row per recipient and claim where a recipient budget applies.
     SELECT * FROM candidate
-    WHERE nth <= channel_room
+    WHERE nth <= channel_room AND (recipient_rate IS NULL OR nth_for_recipient = 1)
     ORDER BY ord, run_at, id
     LIMIT %(limit)s
 ), leased AS (
@@ -200,7 +212,27 @@ WITH policy AS (
            statement_timestamp()
     FROM failed
 )
-, charge AS (
+, recipients_leased AS (
+    SELECT due.channel, due.recipient, st.recipient_rate, st.recipient_burst
+    FROM due JOIN leased ON leased.id = due.id JOIN state st ON st.channel = due.channel
+    WHERE st.recipient_rate IS NOT NULL AND due.recipient IS NOT NULL
+), recipient_charged AS (
+    -- Each recipient's bucket pays for its row (the channel's row lock, taken above, keeps
+    -- claims of the same channel from racing on it).
+    UPDATE recipient_budget rb
+    SET tokens = least(r.recipient_burst, rb.tokens + r.recipient_rate
+                       * extract(epoch FROM statement_timestamp() - rb.refilled_at)) - 1,
+        refilled_at = statement_timestamp()
+    FROM recipients_leased r
+    WHERE rb.channel = r.channel AND rb.recipient = r.recipient
+    RETURNING rb.channel, rb.recipient
+), recipient_new AS (
+    INSERT INTO recipient_budget (channel, recipient, tokens, refilled_at)
+    SELECT r.channel, r.recipient, r.recipient_burst - 1, statement_timestamp()
+    FROM recipients_leased r
+    WHERE NOT EXISTS (SELECT 1 FROM recipient_budget rb WHERE rb.channel = r.channel AND rb.recipient = r.recipient)
+    ON CONFLICT (channel, recipient) DO NOTHING
+), charge AS (
     -- The rows leased are taken from the budget; a probe makes the breaker half_open.
     UPDATE channel_state s
     SET tokens = CASE WHEN st.rate IS NULL THEN s.tokens ELSE st.tokens - coalesce(taken.n, 0) END,
@@ -452,10 +484,10 @@ WITH target AS (
     SET status = 'queued', updated_at = statement_timestamp(), last_error = '', attempts = 0
     FROM target
     WHERE n.id = target.id AND target.status = ANY(%(resendable)s::text[])
-    RETURNING n.id, n.channel, n.priority
+    RETURNING n.id, n.channel, n.priority, n.recipient
 ), new_outbox AS (
-    INSERT INTO outbox (notification_id, channel, priority, run_at, attempts, sending)
-    SELECT id, channel, priority, statement_timestamp(), 0, false FROM requeued
+    INSERT INTO outbox (notification_id, channel, priority, run_at, attempts, sending, recipient)
+    SELECT id, channel, priority, statement_timestamp(), 0, false, recipient FROM requeued
 ), queued_event AS (
     INSERT INTO notification_event (notification_id, status, attempt, error,
                                     provider_message_id, dispatcher, note, created_at)
@@ -538,4 +570,21 @@ WITH input AS (
     RETURNING s.channel, next.before, s.breaker AS after, s.failures
 )
 SELECT channel, before, after, failures FROM updated
+"""
+
+# Recipient budgets left alone for %(idle_seconds)s are full again: their rows go (a batch at
+# a time, by a dispatcher now and then; index recipient_budget_refilled_idx).
+PRUNE_RECIPIENT_BUDGETS = """
+DELETE FROM recipient_budget
+WHERE id IN (SELECT id FROM recipient_budget
+             WHERE refilled_at < statement_timestamp() - make_interval(secs => %(idle_seconds)s)
+             LIMIT 1000)
+"""
+
+# The lock CLAIM takes on channel_state rows, taken first by a statement of its own when a
+# recipient budget is involved: a statement reads other tables as of its start, so CLAIM
+# would read recipient_budget as it was before it waited for a claim of the same channel to
+# commit. Taken here, in the claim's transaction, CLAIM starts after that commit and sees it.
+LOCK_CHANNEL_STATES = """
+SELECT channel FROM channel_state WHERE channel = ANY(%(channels)s::text[]) ORDER BY channel FOR UPDATE
 """

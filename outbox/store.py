@@ -156,12 +156,19 @@ def claim(*, dispatcher: str, limit: int, lease_seconds: float, channels: Iterab
     channel_order = random.sample(list(limits), len(limits))
     pairs = [(priority, channel) for priority in PRIORITIES for channel in channel_order]
     governed = [(name, policy) for name, policy in (policies or {}).items() if name in limits and policy.governs_claims]
-    with connection.cursor() as cursor:
+    per_recipient = [name for name, policy in governed if policy.recipient_rate_limit]
+    with transaction.atomic() if per_recipient else nullcontext(), connection.cursor() as cursor:
+        if per_recipient:
+            cursor.execute(sql.LOCK_CHANNEL_STATES, {"channels": sorted(per_recipient)})
         cursor.execute(
             sql.CLAIM,
             {"policy_channels": [name for name, _ in governed],
              "policy_rates": [p.rate_limit.per_second if p.rate_limit else None for _, p in governed],
              "policy_bursts": [p.rate_limit.burst if p.rate_limit else None for _, p in governed],
+             "policy_recipient_rates": [p.recipient_rate_limit.per_second if p.recipient_rate_limit else None
+                                        for _, p in governed],
+             "policy_recipient_bursts": [p.recipient_rate_limit.burst if p.recipient_rate_limit else None
+                                         for _, p in governed],
              "priorities": [p for p, _ in pairs], "channels": [c for _, c in pairs],
              "channel_limits": [min(limits[c], limit) for _, c in pairs], "limit": limit,
              "dispatcher": dispatcher, "lease_token": token, "lease_seconds": lease_seconds,
@@ -211,6 +218,17 @@ def failover_from_open(*, channels: Sequence[str], routes: Mapping[str, Sequence
         cursor.execute(sql.FAILOVER_FROM_OPEN, {"channels": list(channels), "routes": Jsonb(dict(routes)),
                                                 "limit": limit, "dispatcher": dispatcher})
         return cursor.fetchone()[0]
+
+
+def prune_recipient_budgets(policies: Mapping[str, ChannelPolicy]) -> int:
+    """Delete recipient buckets that have been full long enough (PRUNE_RECIPIENT_BUDGETS)."""
+    rates = [p.recipient_rate_limit for p in policies.values() if p.recipient_rate_limit]
+    if not rates:
+        return 0
+    idle = max(3600.0, *(rate.burst / rate.per_second for rate in rates))
+    with connection.cursor() as cursor:
+        cursor.execute(sql.PRUNE_RECIPIENT_BUDGETS, {"idle_seconds": idle})
+        return cursor.rowcount
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from django.test import Client, override_settings
 from channels.config import load_channels_file
 from notifications.models import Notification, NotificationEvent
 from outbox.models import ChannelState
-from tests.helpers import enqueue, fast_retries, make_api_client, wait_until, wait_until_settled
+from tests.helpers import enqueue, enqueue_one, fast_retries, make_api_client, wait_until, wait_until_settled
 
 
 def fake_with(channels_file, options: str, policy: str):
@@ -135,3 +135,19 @@ def test_rows_of_a_channel_whose_breaker_is_open_fail_over_at_once(start_dispatc
     # The first two, waiting out their backoff on `fake`, move too once due.
     wait_until_settled(first, "the first two sent through the fallback", timeout=20)
     assert set(Notification.objects.filter(pk__in=first).values_list("channel", flat=True)) == {"backup"}
+
+
+def test_a_recipient_rate_limit_spaces_one_recipients_burst_without_delaying_the_others(start_dispatchers, channels_file):
+    path = fake_with(channels_file, "latency_ms = 0", 'recipient_rate_limit = "1/s"')
+    busy = [enqueue_one("fake", "busy@example.com", f"burst {i}") for i in range(4)]
+    others = enqueue(20)  # 20 other recipients, queued after the burst
+    start_dispatchers("--processes", "2", "--threads", "4", channels_file=path)
+    wait_until_settled(others, "the other recipients' notifications", timeout=10)
+    wait_until_settled(busy, "the busy recipient's burst, at 1/s", timeout=20)
+    busy_times, other_times = sent_times(busy), sent_times(others)
+    # The others went out at once, while the burst still had seconds to go.
+    assert max(other_times) < busy_times[-1] - 1.0
+    # The burst, one a second (a bucket of one), by two dispatcher processes together.
+    gaps = [b - a for a, b in zip(busy_times, busy_times[1:])]
+    assert min(gaps) >= 0.9, gaps
+    assert set(Notification.objects.filter(pk__in=busy).values_list("attempts", flat=True)) == {1}

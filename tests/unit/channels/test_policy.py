@@ -35,19 +35,19 @@ def test_a_malformed_rate_is_refused(text):
 
 def test_the_channels_file_carries_the_policy_keys_and_the_registry_parses_them(channels_file):
     path = channels_file(
-        f'[channels.sms]\n{SMS}rate_limit = "20/s"\n'
+        f'[channels.sms]\n{SMS}rate_limit = "20/s"\nrecipient_rate_limit = "1/s"\n'
         'circuit_breaker = { failures = 5, cool_down = 30 }\nfallback = ["sms-backup"]\n'
         f'[channels.sms-backup]\n{SMS}'
     )
     channels = build_channels(load_channels_file(path))
     check_policies(channels)
     policy = channels["sms"].policy
-    assert policy.rate_limit == Rate(20, 20, "20/s") and policy.recipient_rate_limit is None
+    assert policy.rate_limit == Rate(20, 20, "20/s") and policy.recipient_rate_limit == Rate(1, 1, "1/s")
     assert policy.circuit_breaker == CircuitBreaker(failures=5, cool_down=30.0)
     assert policy.fallback == ("sms-backup",)
     described = channels["sms"].describe()  # as GET /api/v1/channels shows it
     assert {key: described[key] for key in ("rate_limit", "recipient_rate_limit", "circuit_breaker", "fallback")} == {
-        "rate_limit": "20/s", "recipient_rate_limit": None,
+        "rate_limit": "20/s", "recipient_rate_limit": "1/s",
         "circuit_breaker": {"failures": 5, "cool_down": 30.0}, "fallback": ["sms-backup"]}
     assert channels["sms-backup"].policy == parse_policy("sms-backup", {})
 
@@ -82,9 +82,3 @@ def test_fallbacks_must_exist_share_the_kind_and_not_cycle(channels_file, files,
         errors = check_channels()
     assert [e.id for e in errors] == ["channels.E002"] and re.search(complaint, errors[0].msg)
 
-
-def test_a_recipient_rate_limit_is_refused_until_it_is_enforced(channels_file):
-    channels = build_channels(load_channels_file(channels_file(f'[channels.sms]\n{SMS}recipient_rate_limit = "1/s"\n')))
-    assert channels["sms"].policy.recipient_rate_limit == Rate(1, 1, "1/s")  # parsed ...
-    with pytest.raises(ChannelConfigurationError, match="recipient_rate_limit is not enforced yet"):
-        check_policies(channels)  # ... but not accepted: it would be silently ignored
