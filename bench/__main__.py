@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from . import dispatch, ingest, latency, pgbench, procrastinate_ref, report
+from . import dispatch, ingest, latency, pgbench, policy, procrastinate_ref, report
 from .config import (
     BENCH_PGDATA,
     DEFAULT_JSON,
@@ -38,7 +38,7 @@ from .config import (
 from .database import Server, run_lock
 from .servers import free_port, manage, service_env, start_gunicorn
 
-PHASES = ("ingest", "batch", "latency", "dispatch", "batch1", "slow", "procrastinate")
+PHASES = ("ingest", "batch", "latency", "dispatch", "batch1", "slow", "procrastinate", "policy")
 
 
 class Run:
@@ -299,6 +299,21 @@ class Run:
                                                                 index_locked_by=False, max_seconds=3)
         self.details["pgbench_lease_ack_unindexed_rows_per_s"] = rows_per_s
 
+    def channel_policy(self) -> None:
+        s = self.sizes
+        self.say(f"policy: a budget of {policy.RATE}/s over {s.budget_rows:,} sends (2 supervisors x 2 processes), "
+                 f"then a {s.outage_seconds:g} s outage with {s.breaker_rows:,} due")
+        dispatch.reset_outbox(self.server, self.dbname)
+        result = policy.measure(server=self.server, dbname=self.dbname, env=self.env, run_dir=self.dir,
+                                budget_rows=s.budget_rows, outage_seconds=s.outage_seconds, breaker_rows=s.breaker_rows)
+        self.figures.update(budget_send_rate_ratio=result.budget_send_rate_ratio,
+                            budget_429_fraction=result.budget_429_fraction,
+                            breaker_attempts_during_outage=result.breaker_attempts_during_outage,
+                            breaker_recovery_s=result.breaker_recovery_s)
+        self.details.update(budget_rate_per_s=policy.RATE, breaker_cool_down_s=policy.COOL_DOWN,
+                            breaker_outage_s=s.outage_seconds, policy=result.details)
+        self.say(f"  budget {result.details['budget']}; breaker {result.details['breaker']}")
+
     # --- the whole run --------------------------------------------------------------------------
 
     def execute(self, json_path: Path) -> int:
@@ -314,6 +329,9 @@ class Run:
                         self.phase(name, body)
             if "procrastinate" in self.phases:
                 self.phase("procrastinate", self.procrastinate)
+            if "policy" in self.phases:
+                dispatch.setup_django(self.url, self.channels_file)
+                self.phase("policy", self.channel_policy)
             if self.sizes.unindexed_lease_reference and not self.reference_missing and "dispatch" in self.phases:
                 self.phase("unindexed_lease_reference", self.unindexed_lease_reference)
         finally:

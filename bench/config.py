@@ -41,20 +41,23 @@ class Sizes:
     procrastinate_jobs: int  # the same number as drain_rows, to compare like with like
     procrastinate_max_seconds: int  # its workers are stopped then (it drains a few hundred a second)
     unindexed_lease_reference: bool  # also run lease100 on the shipped schema (slow, informative)
+    budget_rows: int  # drained at 50/s through a rate-limited channel (bench/policy.py)
+    outage_seconds: float  # the provider answers 503 this long, with breaker_rows due
+    breaker_rows: int
 
 
 FULL = Sizes("full", pgbench_seconds=10, lease_fill_rows=200_000, wrk_warmup_seconds=2, wrk_seconds=15,
              batch_requests=100, batch_clients=4, drain_rows=100_000, batch1_rows=10_000, slow_rows=3_200,
              latency_seconds=20, procrastinate_jobs=100_000, procrastinate_max_seconds=120,
-             unindexed_lease_reference=True)
+             unindexed_lease_reference=True, budget_rows=1_500, outage_seconds=30, breaker_rows=1_000)
 QUICK = Sizes("quick", pgbench_seconds=4, lease_fill_rows=200_000, wrk_warmup_seconds=1, wrk_seconds=5,
               batch_requests=20, batch_clients=4, drain_rows=10_000, batch1_rows=2_000, slow_rows=800,
               latency_seconds=5, procrastinate_jobs=10_000, procrastinate_max_seconds=25,
-              unindexed_lease_reference=False)
+              unindexed_lease_reference=False, budget_rows=400, outage_seconds=12, breaker_rows=300)
 SMOKE = Sizes("smoke", pgbench_seconds=1, lease_fill_rows=10_000, wrk_warmup_seconds=0, wrk_seconds=1,
               batch_requests=2, batch_clients=2, drain_rows=1_000, batch1_rows=100, slow_rows=160,
               latency_seconds=1, procrastinate_jobs=1_000, procrastinate_max_seconds=10,
-              unindexed_lease_reference=False)
+              unindexed_lease_reference=False, budget_rows=100, outage_seconds=3, breaker_rows=50)
 
 # The figures, in the order of the table; each is a key of results.json.
 FIGURES = (
@@ -64,6 +67,7 @@ FIGURES = (
     "procrastinate_noop_per_s", "dispatch_vs_procrastinate", "dispatch_noop_batch1_per_s",
     "dispatch_100ms_per_s_per_process", "latency_p50_ms", "latency_p99_ms",
     "dispatcher_rss_mb", "commits_per_notification",
+    "budget_send_rate_ratio", "budget_429_fraction", "breaker_attempts_during_outage", "breaker_recovery_s",
 )
 
 # What the dispatcher runs with in every drain, as in a deployment (docker-compose: 2 processes,

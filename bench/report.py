@@ -23,6 +23,10 @@ GOALS: dict[str, tuple[str, float]] = {
     "latency_p50_ms": ("<=", 10),
     "latency_p99_ms": ("<=", 50),
     "dispatcher_rss_mb": ("<=", 120),
+    "budget_send_rate_ratio": (">=", 0.9),
+    "budget_429_fraction": ("<=", 0.01),
+    "breaker_attempts_during_outage": ("<=", 10),
+    "breaker_recovery_over_cool_down_s": ("<=", 2),  # breaker_recovery_s - cool_down
 }
 
 
@@ -41,6 +45,8 @@ def add_ratios(figures: dict[str, Any], details: dict[str, Any]) -> None:
     details["dispatch_batch1_vs_batch100"] = _ratio(f("dispatch_noop_batch1_per_s"), f("dispatch_noop_per_s"))
     details["dispatch_100ms_vs_ceiling"] = _ratio(f("dispatch_100ms_per_s_per_process"),
                                                   details.get("dispatch_100ms_ceiling_per_s"))
+    recovery, cool_down = f("breaker_recovery_s"), details.get("breaker_cool_down_s")
+    details["breaker_recovery_over_cool_down_s"] = None if recovery is None or cool_down is None else recovery - cool_down
 
 
 def goal_status(figures: dict[str, Any], details: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -99,6 +105,10 @@ def _fmt(value: float | None, unit: str = "") -> str:
         return f"{value:.1f} ms"
     if unit == "MiB":
         return f"{value:.0f} MiB"
+    if unit == "count":
+        return f"{value:,.0f}"
+    if unit == "s":
+        return f"{value:.2f} s"
     if abs(value) >= 100:
         return f"{value:,.0f}/s" if unit == "/s" else f"{value:,.0f}"
     return f"{value:.2f}{unit}" if unit != "/s" else f"{value:.1f}/s"
@@ -142,6 +152,13 @@ def table(figures: dict[str, Any], details: dict[str, Any]) -> str:
         ("latency_p99_ms", _fmt(f("latency_p99_ms"), "ms"), "", "", *goal("latency_p99_ms")),
         ("dispatcher_rss_mb", _fmt(f("dispatcher_rss_mb"), "MiB"), "", "", *goal("dispatcher_rss_mb")),
         ("commits_per_notification", _fmt(f("commits_per_notification"), "ratio"), "", "", "", ""),
+        ("budget_send_rate_ratio", _fmt(f("budget_send_rate_ratio"), "ratio"),
+         f"provider takes {d('budget_rate_per_s') or 'n/a'}/s", "", *goal("budget_send_rate_ratio")),
+        ("budget_429_fraction", _fmt(f("budget_429_fraction"), "ratio"), "", "", *goal("budget_429_fraction")),
+        ("breaker_attempts_during_outage", _fmt(f("breaker_attempts_during_outage"), "count"),
+         f"{d('breaker_outage_s') or 'n/a'} s of 503", "", *goal("breaker_attempts_during_outage")),
+        ("breaker_recovery_s", _fmt(f("breaker_recovery_s"), "s"), f"cool_down {d('breaker_cool_down_s') or 'n/a'} s",
+         f"over cool_down {_fmt(d('breaker_recovery_over_cool_down_s'), 's')}", *goal("breaker_recovery_over_cool_down_s")),
     ]
     header = ("figure", "value", "reference", "ratio", "goal", "met?")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
