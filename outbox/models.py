@@ -100,6 +100,9 @@ class ChannelState(models.Model):
     # The circuit breaker: consecutive transient failures; closed, open (no claim before
     # breaker_until) or half_open (one probe out, until breaker_until at the latest).
     failures = models.PositiveIntegerField(default=0)
+    # Consecutive sends that got through: with a breaker, the fleet keeps at most this many
+    # (at least one) of the channel's sends in flight, so that it ramps up after a failure.
+    successes = models.PositiveIntegerField(default=0, db_default=0)
     breaker = models.CharField(max_length=10, default=CLOSED, db_default=CLOSED)
     breaker_until = models.DateTimeField(null=True, blank=True)
     changed_at = models.DateTimeField(db_default=models.functions.Now())

@@ -107,10 +107,18 @@ WHERE client_id = %(client_id)s AND key = %(key)s
 CLAIM = """
 WITH policy AS (
     SELECT * FROM unnest(%(policy_channels)s::text[], %(policy_rates)s::float8[], %(policy_bursts)s::float8[],
-                         %(policy_recipient_rates)s::float8[], %(policy_recipient_bursts)s::float8[])
-                  AS p(channel, rate, burst, recipient_rate, recipient_burst)
+                         %(policy_recipient_rates)s::float8[], %(policy_recipient_bursts)s::float8[],
+                         %(policy_breakers)s::bool[])
+                  AS p(channel, rate, burst, recipient_rate, recipient_burst, has_breaker)
 ), state AS (
     SELECT s.channel, s.breaker, s.breaker_until, s.paused_until, p.rate, p.recipient_rate, p.recipient_burst,
+           -- With a breaker, the fleet keeps at most `successes` (at least one) sends of the
+           -- channel in flight: the leased rows are counted (index outbox_claim_idx, the
+           -- channel's rows after now: its leases, and its scheduled rows, passed over).
+           CASE WHEN p.has_breaker THEN greatest(1, s.successes) - (
+               SELECT count(*) FROM outbox o
+               WHERE o.channel = s.channel AND o.run_at > statement_timestamp() AND o.locked_by IS NOT NULL)
+           END AS window_left,
            least(p.burst, s.tokens + p.rate * extract(epoch FROM statement_timestamp() - s.refilled_at)) AS tokens,
            s.breaker <> 'closed' AND s.breaker_until <= statement_timestamp() AS probe
     FROM channel_state s JOIN policy p USING (channel)
@@ -121,8 +129,10 @@ WITH policy AS (
            CASE WHEN paused_until > statement_timestamp() THEN 0
                 WHEN breaker <> 'closed' AND NOT probe THEN 0
                 WHEN probe THEN CASE WHEN rate IS NULL OR tokens >= 1 THEN 1 ELSE 0 END
-                WHEN rate IS NULL THEN NULL  -- no budget (greatest() would read NULL as 0)
-                ELSE floor(greatest(tokens, 0)) END::int AS allowed
+                -- least() passes over a NULL (no breaker, or no budget; both: no limit); the
+                -- CASEs keep greatest() from reading a NULL as 0
+                ELSE least(CASE WHEN window_left IS NOT NULL THEN greatest(window_left, 0) END,
+                           CASE WHEN rate IS NOT NULL THEN floor(greatest(tokens, 0)) END) END::int AS allowed
     FROM state
 ), pair AS (
     SELECT p.priority, p.channel, p.ord, a.recipient_rate, a.recipient_burst,
@@ -532,16 +542,20 @@ ON CONFLICT (channel) DO NOTHING
 #   for `cool_down` seconds; the probe's outcome closes a half_open one, or opens it again; a
 #   send that got through closes an open one (it was in flight when it opened).
 # - A Retry-After pauses a channel with a rate budget until then (paused_until).
+# - `successes` counts the sends that got through since the last transient failure: the
+#   breaker's window of sends in flight (CLAIM), one after a failure, growing as they succeed.
 # Takes channel_state rows alone (in channel order), so it cannot deadlock with CLAIM.
 # Returns the breaker before and after, for the transitions' log and metrics.
 CHANNEL_OUTCOMES = """
 WITH input AS (
     SELECT * FROM unnest(%(channels)s::text[], %(got_through)s::bool[], %(trailing_failures)s::int[],
+                         %(any_failure)s::bool[], %(trailing_successes)s::int[],
                          %(thresholds)s::int[], %(cool_downs)s::float8[], %(pauses)s::float8[])
-         AS t(channel, got_through, trailing_failures, threshold, cool_down, pause)
+         AS t(channel, got_through, trailing_failures, any_failure, trailing_successes, threshold, cool_down, pause)
 ), next AS (
     SELECT i.*, prev.breaker AS before,
            CASE WHEN i.got_through THEN i.trailing_failures ELSE prev.failures + i.trailing_failures END AS failures,
+           CASE WHEN i.any_failure THEN i.trailing_successes ELSE prev.successes + i.trailing_successes END AS successes,
            CASE
                WHEN i.threshold IS NULL THEN prev.breaker
                WHEN prev.breaker <> 'closed'
@@ -557,6 +571,7 @@ WITH input AS (
 ), updated AS (
     UPDATE channel_state s
     SET failures = next.failures,
+        successes = next.successes,
         breaker = next.breaker,
         breaker_until = CASE WHEN next.breaker = 'open' AND next.before <> 'open'
                              THEN statement_timestamp() + make_interval(secs => next.cool_down)

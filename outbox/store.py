@@ -169,6 +169,7 @@ def claim(*, dispatcher: str, limit: int, lease_seconds: float, channels: Iterab
                                         for _, p in governed],
              "policy_recipient_bursts": [p.recipient_rate_limit.burst if p.recipient_rate_limit else None
                                          for _, p in governed],
+             "policy_breakers": [p.circuit_breaker is not None for _, p in governed],
              "priorities": [p for p, _ in pairs], "channels": [c for _, c in pairs],
              "channel_limits": [min(limits[c], limit) for _, c in pairs], "limit": limit,
              "dispatcher": dispatcher, "lease_token": token, "lease_seconds": lease_seconds,
@@ -255,18 +256,18 @@ def record_channel_outcomes(outcomes: Sequence[Outcome], policies: Mapping[str, 
     for channel, its in sorted(seen.items()):
         policy = policies[channel]
         through = [i for i, o in enumerate(its) if not o.provider_down]
-        trailing = len(its) - 1 - through[-1] if through else len(its)
+        down = [i for i, o in enumerate(its) if o.provider_down]
         pauses = [o.retry_after for o in its if o.retry_after is not None]
         breaker = policy.circuit_breaker
-        rows.append((channel, bool(through), trailing, breaker.failures if breaker else None,
-                     breaker.cool_down if breaker else None,
-                     max(pauses) if pauses and policy.rate_limit else None))
-    with connection.cursor() as cursor:
-        cursor.execute(sql.CHANNEL_OUTCOMES, {
-            "channels": [r[0] for r in rows], "got_through": [r[1] for r in rows],
-            "trailing_failures": [r[2] for r in rows], "thresholds": [r[3] for r in rows],
-            "cool_downs": [r[4] for r in rows], "pauses": [r[5] for r in rows],
+        rows.append({
+            "channels": channel, "got_through": bool(through),
+            "trailing_failures": len(its) - 1 - through[-1] if through else len(its),
+            "any_failure": bool(down), "trailing_successes": len(its) - 1 - down[-1] if down else len(its),
+            "thresholds": breaker.failures if breaker else None, "cool_downs": breaker.cool_down if breaker else None,
+            "pauses": max(pauses) if pauses and policy.rate_limit else None,
         })
+    with connection.cursor() as cursor:
+        cursor.execute(sql.CHANNEL_OUTCOMES, {key: [row[key] for row in rows] for key in rows[0]})
         return [ChannelTransition(*row) for row in cursor.fetchall() if row[1] != row[2]]
 
 
