@@ -39,10 +39,10 @@ def test_a_rate_budget_holds_for_the_whole_fleet_and_rows_over_it_wait_without_a
         start_dispatchers("--processes", "2", "--threads", "4", channels_file=path)
     wait_until_settled(ids, "40 sent at 10/s", timeout=30)
     times = sent_times(ids)
-    # A full bucket (10) at once, then 10 a second: the last one no sooner than 3 s after the first.
-    assert times[-1] - times[0] >= 2.7, times[-1] - times[0]
+    # A full bucket (5) at once, then 10 a second: the last one no sooner than 3.5 s after the first.
+    assert times[-1] - times[0] >= 3.2, times[-1] - times[0]
     most_in_a_second = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
-    assert most_in_a_second <= 10 + 10 + 1, most_in_a_second  # the burst and a second's refill
+    assert most_in_a_second <= 5 + 10 + 1, most_in_a_second  # the burst and a second's refill
     # Waiting for the budget is not an attempt: every notification was sent at its first.
     assert set(Notification.objects.filter(pk__in=ids).values_list("attempts", flat=True)) == {1}
     assert not NotificationEvent.objects.filter(notification_id__in=ids, status="retrying").exists()
