@@ -26,7 +26,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from .deadline import DeadlineExceeded, ProviderCall
-from .errors import ChannelConfigurationError, ChannelError, PermanentChannelError, TransientChannelError
+from .errors import (
+    ChannelConfigurationError,
+    ChannelError,
+    PermanentChannelError,
+    RecipientRefusedError,
+    TransientChannelError,
+)
 from .policy import ChannelPolicy
 from .provider_text import ERROR_MAX, ID_MAX, clean, clean_seconds, clean_status
 
@@ -84,6 +90,9 @@ class Channel(ABC):
     # sent, without a provider id: sending again would deliver it twice. Slack, which answers
     # failures with HTTP 200 too, leaves it False.
     accepted_on_http_2xx: ClassVar[bool] = False
+    # Where the provider posts its delivery receipts, below the service's root, or None if
+    # the channel takes none (channels.receipts). `{name}` is the channel's name.
+    receipts_path: ClassVar[str | None] = None
 
     def __init__(self, name: str, *, timeout: float = DEFAULT_TIMEOUT, **options: Any):
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 3600:
@@ -130,6 +139,10 @@ class Channel(ABC):
             raise self._unexpected(exc) from None
         return clean(provider_id, limit=ID_MAX, mark_cut=False)
 
+    def receipts_route(self) -> str | None:
+        """The path, below the service's root, to give the provider for its receipts."""
+        return self.receipts_path.format(name=self.name) if self.receipts_path else None
+
     def describe(self) -> dict[str, Any]:
         """What `GET /api/v1/channels` shows of this channel (never its secrets)."""
         return {"name": self.name, "kind": self.kind, "backend": f"{type(self).__module__}.{type(self).__qualname__}",
@@ -142,7 +155,8 @@ class Channel(ABC):
         text = clean(exc.args[0] if exc.args else type(exc).__name__, limit=ERROR_MAX)
         status = clean_status(exc.status)
         if isinstance(exc, PermanentChannelError):
-            return PermanentChannelError(text, channel=self.name, status=status)
+            kind = RecipientRefusedError if isinstance(exc, RecipientRefusedError) else PermanentChannelError
+            return kind(text, channel=self.name, status=status)
         retry_after = clean_seconds(getattr(exc, "retry_after", None))
         return TransientChannelError(text, channel=self.name, status=status, retry_after=retry_after)
 

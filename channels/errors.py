@@ -2,6 +2,8 @@
 
 - `TransientChannelError`: try again later (timeouts, connection errors, 5xx, rate limits).
 - `PermanentChannelError`: never retry (invalid recipient, revoked token, rejected content).
+  - `RecipientRefusedError`: the recipient opted out or is gone for good; later notifications
+    to it are suppressed (the client's suppression list).
 - `InvalidMessage`: raised at intake by `Channel.validate`; the API answers 400 naming the field.
 - `ChannelConfigurationError`: a bad channel configuration. It subclasses Django's
   ImproperlyConfigured, outside the send errors, so that no send loop swallows it.
@@ -39,6 +41,12 @@ class TransientChannelError(ChannelError):
 
 class PermanentChannelError(ChannelError):
     """The send will never succeed as it stands: do not retry."""
+
+
+class RecipientRefusedError(PermanentChannelError):
+    """The recipient will never take a message on this channel: it opted out (an SMS STOP),
+    or no longer exists (an archived Slack channel). The notification fails, and the recipient
+    joins the client's suppression list, so that later notifications to it are not sent."""
 
 
 class InvalidMessage(ValueError):

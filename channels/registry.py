@@ -19,6 +19,17 @@ from .policy import check_fallbacks, parse_policy
 _lock = threading.Lock()
 _channels: dict[str, Channel] | None = None
 
+# The channel that delivers the API clients' status events to their webhook endpoints. Always
+# configured; the channels file may define it to set its options or policy.
+STATUS_WEBHOOKS_CHANNEL = "status-webhooks"
+
+
+def _built_in() -> dict[str, dict]:
+    return {STATUS_WEBHOOKS_CHANNEL: {
+        "BACKEND": "channels.backends.webhook.StatusWebhookChannel",
+        "OPTIONS": {"allow_private_targets": bool(getattr(settings, "NOTIFY_WEBHOOK_ALLOW_PRIVATE_TARGETS", False))},
+    }}
+
 
 def all_channels() -> dict[str, Channel]:
     """Every configured channel by name. Raises ChannelConfigurationError if one is broken."""
@@ -26,7 +37,7 @@ def all_channels() -> dict[str, Channel]:
     if _channels is None:
         with _lock:
             if _channels is None:
-                channels = build_channels(settings.NOTIFICATION_CHANNELS)
+                channels = build_channels({**_built_in(), **settings.NOTIFICATION_CHANNELS})
                 check_policies(channels)
                 _channels = channels
     return _channels
@@ -69,7 +80,7 @@ def check_policies(channels: dict[str, Channel]) -> None:
 
 def _reset(*, setting: str, **kwargs) -> None:
     global _channels
-    if setting == "NOTIFICATION_CHANNELS":
+    if setting in ("NOTIFICATION_CHANNELS", "NOTIFY_WEBHOOK_ALLOW_PRIVATE_TARGETS"):
         _channels = None
 
 

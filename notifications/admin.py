@@ -11,7 +11,16 @@ from . import rendering, services
 from .admin_stats import stats_view
 from .auth import api_key_create
 from .errors import NotificationError
-from .models import ApiClient, ApiKey, Notification, NotificationEvent
+from .models import (
+    ApiClient,
+    ApiKey,
+    Notification,
+    NotificationEvent,
+    Receipt,
+    StatusEvent,
+    Suppression,
+    WebhookEndpoint,
+)
 
 # A link to the statistics page on the admin's home page (unless a project template replaced it).
 if admin.site.index_template is None:
@@ -36,9 +45,11 @@ class NotificationAdmin(admin.ModelAdmin):
     list_filter = ["status", "channel", "created_at"]
     search_fields = ["=id", "recipient", "=provider_message_id"]
     date_hierarchy = "created_at"
-    # Every field, read-only, with the message as its channel sends it after the message itself.
+    # Every field, read-only, with the message as its channel sends it after the message itself,
+    # and the metadata without secrets (a status webhook's delivery carries its signing secret).
     readonly_fields = [name for f in Notification._meta.fields
-                       for name in ([f.name, "rendered_message"] if f.name == "message" else [f.name])]
+                       for name in ([f.name, "rendered_message"] if f.name == "message"
+                                    else ["metadata_shown"] if f.name == "metadata" else [f.name])]
     inlines = [NotificationEventInline]
     show_full_result_count = False  # no COUNT(*) over the whole history on every page
     actions = ["resend_selected", "cancel_selected"]
@@ -58,6 +69,10 @@ class NotificationAdmin(admin.ModelAdmin):
             return "-"
         headline, text = rendering.rendered_message(obj)
         return format_html('<div class="help">{}</div><pre style="white-space: pre-wrap; margin: 0.3em 0 0;">{}</pre>', headline, text)
+
+    @admin.display(description="Metadata")
+    def metadata_shown(self, obj: Notification) -> dict:
+        return {key: "(hidden)" if key == "signing_secret" else value for key, value in (obj.metadata or {}).items()}
 
     # Actions change notifications, so they need the change permission (which edits no field
     # here: every field is read-only); Django hides them from, and refuses them to, other users.
@@ -125,3 +140,62 @@ class ApiClientAdmin(admin.ModelAdmin):
             key.save(update_fields=["revoked_at"])
             revoked += 1
         self.message_user(request, f"{revoked} key(s) revoked.", messages.SUCCESS)
+
+
+@admin.register(Suppression)
+class SuppressionAdmin(admin.ModelAdmin):
+    """Recipients a client no longer sends to; delete an entry to send to it again."""
+
+    list_display = ["recipient", "kind", "client", "reason", "created_at", "notification_id"]
+    list_filter = ["kind", "client"]
+    search_fields = ["recipient", "=notification_id"]
+    fields = ["client", "kind", "recipient", "reason", "notification_id", "created_at"]
+    readonly_fields = ["created_at"]
+
+
+@admin.register(Receipt)
+class ReceiptAdmin(admin.ModelAdmin):
+    """Providers' receipts as they came; `notification id` empty: not matched (yet)."""
+
+    list_display = ["received_at", "source", "provider_message_id", "provider_status", "outcome", "error_code",
+                    "notification_id"]
+    list_filter = ["source", "outcome"]
+    search_fields = ["=provider_message_id", "=notification_id"]
+    readonly_fields = [f.name for f in Receipt._meta.fields]
+    show_full_result_count = False
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(WebhookEndpoint)
+class WebhookEndpointAdmin(admin.ModelAdmin):
+    """The clients' status webhook endpoints (their secrets are never shown)."""
+
+    list_display = ["url", "client", "event_types", "created_at"]
+    list_filter = ["client"]
+    fields = ["id", "client", "url", "event_types", "created_at"]
+    readonly_fields = ["id", "client", "created_at"]
+
+    def has_add_permission(self, request) -> bool:
+        return False  # through the API, which shows the secret once
+
+
+@admin.register(StatusEvent)
+class StatusEventAdmin(admin.ModelAdmin):
+    """The clients' status events, as their webhooks receive them."""
+
+    list_display = ["created_at", "type", "sequence", "notification_id", "client"]
+    list_filter = ["type", "client"]
+    search_fields = ["=id", "=notification__id"]
+    readonly_fields = ["id", "client", "notification", "sequence", "type", "payload", "created_at"]
+    show_full_result_count = False
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

@@ -1,9 +1,10 @@
 """Retention and housekeeping: the jobs that keep the tables as small as the settings say.
 
-- `delete_finished_notifications`: notifications that are finished (sent, failed, cancelled,
-  expired), accepted more than NOTIFY_RETENTION_DAYS ago and unchanged since then (created_at
-  and updated_at), with their history. A notification that still has an outbox row is never
-  touched, whatever its status.
+- `delete_finished_notifications`: notifications that are finished (sent, delivered,
+  undelivered, failed, suppressed, cancelled, expired), accepted more than NOTIFY_RETENTION_DAYS
+  ago and unchanged since then (created_at and updated_at), with their history and status
+  events; and the providers' receipts received before that. A notification that still has an
+  outbox row is never touched, whatever its status.
 - `delete_expired_idempotency_keys`: Idempotency-Keys past their expires_at.
 - `delete_gone_dispatchers`: dispatcher heartbeat rows (outbox.models.Dispatcher) whose last
   heartbeat is older than NOTIFY_DISPATCHER_RETENTION_HOURS (a process stopped or dead that
@@ -32,7 +33,7 @@ from django.db import connection, transaction
 
 logger = logging.getLogger("notifications.housekeeping")
 
-FINISHED_STATUSES = ["sent", "failed", "cancelled", "expired"]
+FINISHED_STATUSES = ["sent", "delivered", "undelivered", "failed", "suppressed", "cancelled", "expired"]
 
 # One batch of retention, one statement: the oldest finished notifications past the cutoff
 # that have no outbox row, locked (rows another transaction holds are skipped, not waited
@@ -58,11 +59,19 @@ WITH doomed AS (
 ), events AS (
     DELETE FROM notification_event e USING doomed WHERE e.notification_id = doomed.id
     RETURNING 1
+), status_events AS (  -- index status_event_sequence_unique (notification_id, sequence)
+    DELETE FROM status_event s USING doomed WHERE s.notification_id = doomed.id
 ), notifications AS (
     DELETE FROM notification n USING doomed WHERE n.id = doomed.id
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM notifications), (SELECT count(*) FROM events)
+"""
+
+# Receipts are kept as long as notifications (index receipt_received_idx).
+DELETE_OLD_RECEIPTS = """
+DELETE FROM receipt WHERE id IN (SELECT id FROM receipt WHERE received_at < %(cutoff)s ORDER BY received_at
+                                 LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
 """
 
 # A key past its expires_at is free for reuse (outbox/sql.py, TAKE_IDEMPOTENCY_KEY); one that
@@ -129,9 +138,15 @@ def delete_finished_notifications(
         events += deleted_events
         return notifications
 
+    def receipt_batch() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(DELETE_OLD_RECEIPTS, {"cutoff": cutoff, "limit": limit})
+            return cursor.rowcount
+
     batches, notifications = _in_batches(batch, batch_size=limit, max_seconds=max_seconds)
-    result = {"job": "retention", "notifications": notifications, "events": events, "batches": batches,
-              "cutoff": cutoff.isoformat()}
+    _, receipts = _in_batches(receipt_batch, batch_size=limit, max_seconds=max_seconds)
+    result = {"job": "retention", "notifications": notifications, "events": events, "receipts": receipts,
+              "batches": batches, "cutoff": cutoff.isoformat()}
     logger.info("housekeeping retention: deleted %d notifications and %d events created before %s in %d batch(es)",
                 notifications, events, cutoff.isoformat(), batches)
     return result

@@ -24,3 +24,16 @@ def count_accepted(channels: Iterable[str]) -> None:
     """Count accepted notifications, given the channel of each."""
     for channel, number in Tally(channels).items():
         ACCEPTED.labels(channel=channel).inc(number)
+
+RECEIPTS = Counter(
+    "notifications_receipts",
+    "Provider receipts received, by source and result: applied (to a notification), pending (no notification "
+    "has its provider id yet: an unknown id, or one whose send is not recorded yet), duplicate, forged, malformed.",
+    ["source", "result"],
+)
+
+
+def count_receipts(source: str, result: str, number: int = 1) -> None:
+    """Count receipts of `source` with their `result`."""
+    if number:
+        RECEIPTS.labels(source=source, result=result).inc(number)

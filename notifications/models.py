@@ -15,9 +15,12 @@ class Status(models.TextChoices):
     SCHEDULED = "scheduled"  # waiting for its send_at
     QUEUED = "queued"
     SENDING = "sending"  # a dispatcher has started the send
-    SENT = "sent"
+    SENT = "sent"  # the provider accepted it
+    DELIVERED = "delivered"  # the provider's receipt: it reached the recipient
+    UNDELIVERED = "undelivered"  # the provider's receipt: accepted, then not delivered (a bounce)
     RETRYING = "retrying"
     FAILED = "failed"
+    SUPPRESSED = "suppressed"  # its recipient is on the client's suppression list: never sent
     CANCELLED = "cancelled"
     EXPIRED = "expired"  # its expires_at passed before it could be sent
 
@@ -31,7 +34,7 @@ class Status(models.TextChoices):
     @classmethod
     def resendable(cls) -> list[str]:
         """Finished with a send, or with its last attempt: a resend queues it again."""
-        return [cls.SENT, cls.FAILED]
+        return [cls.SENT, cls.DELIVERED, cls.UNDELIVERED, cls.FAILED]
 
 
 class Priority(models.IntegerChoices):
@@ -104,6 +107,9 @@ class Notification(models.Model):
             models.Index(fields=["client", "-created_at"], name="notification_client_idx"),
             models.Index(fields=["client", "recipient", "-created_at"], name="notification_recipient_idx"),
             models.Index(fields=["created_at"], name="notification_created_idx"),
+            # Receipts find their notification by the provider's message id (outbox/sql.py).
+            models.Index(fields=["provider_message_id"], name="notification_provider_id_idx",
+                         condition=~models.Q(provider_message_id="")),
         ]
 
     def __str__(self) -> str:
@@ -149,3 +155,109 @@ class IdempotencyKey(models.Model):
         db_table = "idempotency_key"
         constraints = [models.UniqueConstraint(fields=["client", "key"], name="idempotency_key_unique")]
         indexes = [models.Index(fields=["expires_at"], name="idempotency_key_expires_idx")]
+
+
+# The client that owns the deliveries of status webhooks (outbox/sql.py, STATUS_EVENT_TRIGGER):
+# internal notifications, which no API key can see. Created by the trigger when first needed.
+STATUS_WEBHOOKS_CLIENT_ID = 0
+# The channel that delivers them is channels.registry.STATUS_WEBHOOKS_CHANNEL.
+
+
+class Suppression(models.Model):
+    """A recipient a client no longer sends to over one kind of channel: it bounced for good,
+    complained, unsubscribed or opted out, or the provider says it is gone. A notification to
+    it ends `suppressed` at intake without calling the provider, unless the request sets
+    `ignore_suppression` (outbox/sql.py, ENQUEUE)."""
+
+    client = models.ForeignKey(ApiClient, on_delete=models.CASCADE, related_name="+")
+    kind = models.CharField(max_length=50)  # the channel kind: email, sms, slack, ...
+    recipient = models.CharField(max_length=512)
+    reason = models.TextField()
+    # The notification whose outcome or receipt added it (None: added by hand, or deleted since).
+    notification_id = models.UUIDField(null=True, blank=True)
+    created_at = models.DateTimeField(db_default=models.functions.Now())
+
+    class Meta:
+        db_table = "suppression"
+        constraints = [models.UniqueConstraint(fields=["client", "kind", "recipient"], name="suppression_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.recipient} ({self.client})"
+
+
+class Receipt(models.Model):
+    """What a provider reported after accepting a message (a delivery receipt, a bounce, an
+    open), as received. Matched to its notification by the provider's message id; one that
+    matches nothing yet (it came before our own record of the send) waits here and is
+    applied when the send is recorded (outbox/sql.py, APPLY_RECEIPTS)."""
+
+    source = models.CharField(max_length=100)  # "twilio:<channel>", "anymail:<ESP>"
+    kind = models.CharField(max_length=50)  # the channel kind it is about, for suppressions
+    provider_message_id = models.CharField(max_length=255)
+    # What it means for the notification: delivered, undelivered, or info (history only).
+    outcome = models.CharField(max_length=16)
+    provider_status = models.CharField(max_length=100)
+    error_code = models.CharField(max_length=100, blank=True, default="")
+    detail = models.TextField(blank=True, default="")
+    suppress_reason = models.TextField(blank=True, default="")
+    occurred_at = models.DateTimeField(null=True, blank=True)  # the provider's time, if it says
+    received_at = models.DateTimeField(db_default=models.functions.Now())
+    # The same callback twice has the same key: the second changes nothing.
+    dedupe_key = models.CharField(max_length=64, unique=True)
+    notification_id = models.UUIDField(null=True, blank=True)  # set once applied
+    applied_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "receipt"
+        indexes = [
+            # The receipts still waiting for their notification (APPLY_PENDING_RECEIPTS).
+            models.Index(fields=["provider_message_id"], name="receipt_pending_idx",
+                         condition=models.Q(applied_at__isnull=True)),
+            models.Index(fields=["received_at"], name="receipt_received_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.source} {self.provider_message_id}: {self.provider_status}"
+
+
+class StatusEvent(models.Model):
+    """A status change of a client's notification, as the client's webhooks receive it and
+    `GET /api/v1/events` lists it. Written by a trigger on the notification table in the same
+    transaction as the change (outbox/sql.py, STATUS_EVENT_TRIGGER), so none is missed and
+    none is invented. `sequence` numbers a notification's events 1, 2, 3... in order."""
+
+    id = models.UUIDField(primary_key=True)
+    client = models.ForeignKey(ApiClient, on_delete=models.CASCADE, related_name="+")
+    notification = models.ForeignKey(Notification, on_delete=models.CASCADE, related_name="status_events")
+    sequence = models.PositiveIntegerField()
+    type = models.CharField(max_length=16)  # accepted, sent, delivered, ...
+    payload = models.JSONField()  # the webhook's body, exactly
+    created_at = models.DateTimeField(db_default=models.functions.Now())
+
+    class Meta:
+        db_table = "status_event"
+        constraints = [models.UniqueConstraint(fields=["notification", "sequence"], name="status_event_sequence_unique")]
+        indexes = [models.Index(fields=["client", "created_at", "id"], name="status_event_client_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.type} #{self.sequence} of {self.notification_id}"
+
+
+class WebhookEndpoint(models.Model):
+    """A URL of a client that receives its notifications' status events, signed with `secret`."""
+
+    EVENT_TYPES = ["accepted", "sent", "delivered", "undelivered", "failed", "suppressed", "cancelled", "expired"]
+
+    id = models.UUIDField(primary_key=True, default=new_notification_id, editable=False)
+    client = models.ForeignKey(ApiClient, on_delete=models.CASCADE, related_name="webhook_endpoints")
+    url = models.CharField(max_length=2048)
+    event_types = ArrayField(models.CharField(max_length=16))
+    secret = models.CharField(max_length=100)
+    created_at = models.DateTimeField(db_default=models.functions.Now())
+
+    class Meta:
+        db_table = "webhook_endpoint"
+        indexes = [models.Index(fields=["client"], name="webhook_endpoint_client_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.url} ({self.client})"

@@ -62,7 +62,7 @@ def errors(*codes: int) -> dict[int, OpenApiResponse]:
     descriptions = {
         400: "Invalid request: malformed JSON, or fields named in `fields`.",
         401: "No valid API key.",
-        404: "No such notification for this client.",
+        404: "No such notification (or other resource) for this client.",
         409: "Not possible in the notification's current status.",
         413: "Request body over the limit (256 KiB).",
         415: "Content type is not application/json.",

@@ -42,6 +42,17 @@ class StrictDateTimeField(serializers.DateTimeField):
         return super().to_internal_value(value)
 
 
+class StrictBooleanField(serializers.BooleanField):
+    """A BooleanField that takes JSON true and false only, not "yes", 1 or "on"."""
+
+    default_error_messages = {"invalid": "Must be true or false."}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, bool):
+            self.fail("invalid")
+        return data
+
+
 def _writable(name: str) -> str:
     """A client's field name as an answer can repeat it (UTF-8): a lone surrogate, which no
     answer can encode, written as its escape (\\ud800)."""
@@ -100,6 +111,9 @@ class NotificationRequestSerializer(serializers.Serializer):
     )
     send_at = StrictDateTimeField(required=False, default=None, allow_null=True)
     expires_at = StrictDateTimeField(required=False, default=None, allow_null=True)
+    ignore_suppression = StrictBooleanField(
+        required=False, default=False,
+        help_text="Send even if the recipient is on your suppression list (an opt-out, a hard bounce).")
 
     def to_internal_value(self, data):
         if not isinstance(data, dict):
@@ -111,7 +125,7 @@ class NotificationRequestSerializer(serializers.Serializer):
                 if name in data and data[name] != data[alias]:
                     errors[alias] = [f"Conflicts with {name!r}; send only one of them."]
                 data[name] = data.pop(alias)
-        expected = "channel (or type), to, message, subject, metadata, priority, send_at, expires_at"
+        expected = "channel (or type), to, message, subject, metadata, priority, send_at, expires_at, ignore_suppression"
         for name in sorted(set(data) - set(self.fields)):
             errors[_writable(name)] = [f"Unknown field. Expected: {expected}."]
             del data[name]

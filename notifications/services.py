@@ -20,7 +20,7 @@ from django.db import transaction
 
 from channels.base import Channel, Message
 from channels.errors import InvalidMessage
-from channels.registry import all_channels
+from channels.registry import STATUS_WEBHOOKS_CHANNEL, all_channels
 from outbox import store
 
 from . import metrics
@@ -40,14 +40,17 @@ def channel_get(*, name: str) -> Channel:
     channels = all_channels()
     backend = channels.get(name)
     if backend is None:
-        raise InvalidNotification("channel", f"Unknown channel {name!r}. Known channels: {', '.join(sorted(channels))}.")
+        known = sorted(set(channels) - {STATUS_WEBHOOKS_CHANNEL})  # that one takes no notifications
+        raise InvalidNotification("channel", f"Unknown channel {name!r}. Known channels: {', '.join(known)}.")
     return backend
 
 
 def notification_validate(*, channel: str, to: str, message: str, subject: str = "",
                           metadata: dict | None = None, priority: int = 1, send_at=None,
-                          expires_at=None) -> store.NewNotification:
-    """Check a notification against its channel; return it normalised, ready to enqueue.
+                          expires_at=None, ignore_suppression: bool = False) -> store.NewNotification:
+    """Check a notification against its channel; return it normalised, ready to enqueue
+    (to a recipient on the client's suppression list, it will be `suppressed` unless
+    `ignore_suppression`).
 
     Raises InvalidNotification naming the field: an unknown channel (see channel_get), or a
     recipient or content the channel refuses.
@@ -60,7 +63,7 @@ def notification_validate(*, channel: str, to: str, message: str, subject: str =
     return store.NewNotification(
         id=new_notification_id(), channel=channel, recipient=checked.recipient, subject=checked.subject,
         message=checked.body, metadata=checked.metadata, priority=priority, send_at=send_at,
-        expires_at=expires_at,
+        expires_at=expires_at, kind=backend.kind, ignore_suppression=ignore_suppression,
     )
 
 
@@ -108,6 +111,7 @@ def as_notification(new: store.NewNotification, written: store.Enqueued, client:
     return Notification(
         id=new.id, client=client, channel=new.channel, recipient=new.recipient, subject=new.subject,
         message=new.message, metadata=new.metadata or {}, status=written.status, attempts=0,
+        last_error=written.last_error,
         priority=new.priority, send_at=new.send_at, expires_at=new.expires_at,
         created_at=written.created_at, updated_at=written.created_at,
     )
@@ -142,5 +146,5 @@ def notification_resend(*, notification_id: uuid.UUID, client_id: int, by: str) 
         raise StatusConflict(
             notification_id, status_before,
             f"Notification {notification_id} is {status_before}; only "
-            f"{' or '.join(Status.resendable())} notifications can be resent.",
+            f"{', '.join(Status.resendable()[:-1])} or {Status.resendable()[-1]} notifications can be resent.",
         )

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import stats_views, views
+from . import stats_views, suppression_views, views, webhook_views
 
 
 def both(route: str, view, name: str) -> list:
@@ -16,4 +16,10 @@ urlpatterns = [
     *both("notifications/<uuid:pk>/resend", views.NotificationResendView.as_view(), "notification-resend"),
     *both("channels", views.ChannelListView.as_view(), "channel-list"),
     *both("stats", stats_views.StatsView.as_view(), "stats"),
+    *both("suppressions", suppression_views.SuppressionListView.as_view(), "suppression-list"),
+    *both("suppressions/<str:kind>/<str:recipient>", suppression_views.SuppressionDetailView.as_view(),
+          "suppression-detail"),
+    *both("webhook-endpoints", webhook_views.WebhookEndpointListView.as_view(), "webhook-endpoint-list"),
+    *both("webhook-endpoints/<uuid:pk>", webhook_views.WebhookEndpointDetailView.as_view(), "webhook-endpoint-detail"),
+    *both("events", webhook_views.EventListView.as_view(), "event-list"),
 ]

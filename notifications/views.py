@@ -243,11 +243,20 @@ class ChannelListView(APIView):
     """GET: the channels this service is configured with."""
 
     @extend_schema(summary="Configured channels, their kinds, limits, rate budgets, circuit breakers and fallbacks",
+                   description="`receipts_url`: where the channel's provider posts delivery receipts (null: none).",
                    responses={200: ChannelListSerializer, **errors(401)})
     def get(self, request):
         states = {state.channel: state for state in ChannelState.objects.all()}
-        return Response({"channels": [{**channel.describe(), "state": _state_of(states.get(name))}
+        return Response({"channels": [{**channel.describe(), "state": _state_of(states.get(name)),
+                                       "receipts_url": _receipts_url(request, channel)}
                                       for name, channel in sorted(all_channels().items())]})
+
+
+def _receipts_url(request, channel) -> str | None:
+    """The URL to give the channel's provider for its delivery receipts, as this request
+    reached the service (None: the channel takes no receipts)."""
+    route = channel.receipts_route()
+    return request.build_absolute_uri(f"/{route}") if route else None
 
 
 def _state_of(state: ChannelState | None) -> dict | None:

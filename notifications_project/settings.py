@@ -220,6 +220,14 @@ from channels.config import load_channels_file  # noqa: E402
 
 NOTIFICATION_CHANNELS = load_channels_file(NOTIFY_CHANNELS_FILE)
 
+# --- After the send: receipts from providers, status webhooks to the clients -----------------
+# Webhook endpoints (POST /api/v1/webhook-endpoints) on loopback or private addresses are
+# refused unless this is true (development and tests; off in production).
+NOTIFY_WEBHOOK_ALLOW_PRIVATE_TARGETS = env_bool("NOTIFY_WEBHOOK_ALLOW_PRIVATE_TARGETS", False)
+# ESP tracking webhooks (/receipts/anymail/<esp>/tracking/) take HTTP basic auth "user:password",
+# Anymail's WEBHOOK_SECRET; without it they answer 403 (anyone could forge a bounce).
+ANYMAIL = {"WEBHOOK_SECRET": os.environ.get("NOTIFY_ANYMAIL_WEBHOOK_SECRET", "")}
+
 # --- Delivery (outbox and dispatchers) --------------------------------------------------------
 OUTBOX = {
     # How long a dispatcher owns the rows it claimed; a dead dispatcher's rows are claimable

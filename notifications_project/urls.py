@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from notifications import receipts
 from notifications.api_errors import error_response
 
 from . import views
@@ -11,6 +12,8 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("admin/", admin.site.urls),
+    # Providers' delivery receipts: no API key; each provider's own proof (notifications/receipts.py).
+    path("receipts/", include(receipts.urlpatterns)),
     # Probes and metrics: plain Django views, no API key (see views.py).
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),

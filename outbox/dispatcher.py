@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from django.db import DatabaseError, InterfaceError, connection
 
 from channels.base import Channel
-from channels.errors import PermanentChannelError, TransientChannelError
+from channels.errors import PermanentChannelError, RecipientRefusedError, TransientChannelError
 
 from . import metrics, store
 from .backoff import Backoff
@@ -135,6 +135,10 @@ class Dispatcher:
             name: list(policy.fallback) for name, policy in self.policies.items() if policy.fallback}
         self._failover_checked_at = 0.0
         self._pruned_at = 0.0
+        # Receipts that came before their send was recorded wait for it: the channels served
+        # here that take receipts, with their kinds (store.apply_pending_receipts).
+        self.receipt_channels = {name: channel.kind for name, channel in channels.items() if channel.receipts_route()}
+        self._receipts_checked_at = 0.0
         self.recorder = OutcomeRecorder(self.id, policies=self.policies)
         self._states_ready = False
 
@@ -214,6 +218,7 @@ class Dispatcher:
                     self._states_ready = True
                 self._fail_over_open_channels()
                 self._prune_recipient_budgets()
+                self._apply_pending_receipts()
                 # A dispatcher that cannot record outcomes claims nothing: what it sent could
                 # not be recorded either (its heartbeat and metrics say so).
                 if may_claim and not self.recorder.problem:
@@ -248,6 +253,15 @@ class Dispatcher:
             return
         self._pruned_at = time.monotonic()
         store.prune_recipient_budgets(self.policies)
+
+    def _apply_pending_receipts(self) -> None:
+        """Every poll interval, apply the receipts that were waiting for a send recorded since."""
+        if not self.receipt_channels or time.monotonic() - self._receipts_checked_at < self.poll_interval:
+            return
+        self._receipts_checked_at = time.monotonic()
+        applied = store.apply_pending_receipts(channel_kinds=self.receipt_channels)
+        if applied:
+            logger.info("dispatcher %s: %d receipts applied that had come before their send was recorded", self.id, applied)
 
     def next_hop(self, delivery: store.Delivery) -> str | None:
         """The channel a row fails over to from its current one: the next of its origin's
@@ -368,19 +382,20 @@ class Dispatcher:
                 return store.Outcome(delivery, "retrying", error="not sent: the lease would have run out during the send",
                                      ended_at=started_at)
             provider_id = channel.deliver(delivery.message)
-            status, error, retry_after = "sent", "", None
+            status, error, retry_after, refused = "sent", "", None, False
         except PermanentChannelError as exc:
-            status, error, retry_after = "failed", str(exc), None
+            status, error, retry_after, refused = "failed", str(exc), None, isinstance(exc, RecipientRefusedError)
         except TransientChannelError as exc:
-            status, error, retry_after = "retrying", str(exc), exc.retry_after
+            status, error, retry_after, refused = "retrying", str(exc), exc.retry_after, False
         except Exception as exc:  # noqa: BLE001 - deliver raises nothing else; if it did, try again
-            status, error, retry_after = "retrying", f"dispatcher error around the send: {type(exc).__name__}", None
+            status, error, retry_after, refused = "retrying", f"dispatcher error around the send: {type(exc).__name__}", None, False
         duration = time.monotonic() - started
         timing = {"duration": duration, "ended_at": started_at + duration}
         if status == "sent":
             return store.Outcome(delivery, "sent", provider_message_id=provider_id, **timing)
         if status == "failed":
-            return store.Outcome(delivery, "failed", error=error, **timing)
+            return store.Outcome(delivery, "failed", error=error, suppress_reason=error if refused else "",
+                                 kind=channel.kind, **timing)
         transient = {"provider_down": True, "retry_after": retry_after, **timing}
         delay = self.retry_policy.delay(delivery.attempt, retry_after)
         if delay is not None:

@@ -20,35 +20,53 @@ RETRY (released until its backoff ends).
 
 # Intake: the notifications, their first history event ('queued', or 'scheduled' when
 # send_at is in the future) and their outbox rows, written together; nothing is sent here.
+# A notification whose recipient is on the client's suppression list for its channel's kind
+# (%(kinds)s; index suppression_unique) is written 'suppressed', with no outbox row, unless
+# its request said ignore_suppression.
 # `wake` sends at most one NOTIFY for the whole statement, and only when the caller's
 # debounce allows it (store.enqueue); listeners receive it at commit.
+# The status events of the new notifications are written by the trigger notification_accepted
+# (notifications/migrations/0004_receipts_suppressions_status_events.py).
 ENQUEUE = """
 WITH input AS (
-    SELECT *
+    SELECT t.*, s.reason AS suppressed_for, s.notification_id AS suppressed_by, s.created_at AS suppressed_at
     FROM unnest(%(ids)s::uuid[], %(channels)s::text[], %(recipients)s::text[],
                 %(subjects)s::text[], %(messages)s::text[], %(metadata)s::jsonb[],
                 %(priorities)s::smallint[], %(send_ats)s::timestamptz[],
-                %(expires_ats)s::timestamptz[])
-         AS t(id, channel, recipient, subject, message, metadata, priority, send_at, expires_at)
+                %(expires_ats)s::timestamptz[], %(kinds)s::text[], %(ignore_suppressions)s::bool[])
+         AS t(id, channel, recipient, subject, message, metadata, priority, send_at, expires_at, kind,
+              ignore_suppression)
+    LEFT JOIN suppression s
+           ON NOT t.ignore_suppression AND s.client_id = %(client_id)s AND s.kind = t.kind AND s.recipient = t.recipient
 ), new_notification AS (
     INSERT INTO notification (id, client_id, channel, recipient, subject, message, metadata,
                               status, attempts, last_error, provider_message_id,
                               priority, send_at, expires_at)
     SELECT id, %(client_id)s, channel, recipient, subject, message, metadata,
-           CASE WHEN send_at > statement_timestamp() THEN 'scheduled' ELSE 'queued' END,
-           0, '', '', priority, send_at, expires_at
+           CASE WHEN suppressed_for IS NOT NULL THEN 'suppressed'
+                WHEN send_at > statement_timestamp() THEN 'scheduled' ELSE 'queued' END,
+           0, CASE WHEN suppressed_for IS NOT NULL THEN 'recipient suppressed: ' || suppressed_for ELSE '' END,
+           '', priority, send_at, expires_at
     FROM input
-    RETURNING id, channel, recipient, status, priority, send_at, created_at
+    RETURNING id, channel, recipient, status, priority, send_at, created_at, last_error
 ), first_event AS (
     INSERT INTO notification_event (notification_id, status, attempt, error,
                                     provider_message_id, dispatcher, note, created_at)
-    SELECT id, status, 0, '', '', '', '', created_at FROM new_notification
+    SELECT n.id, n.status, 0, '', '', '',
+           CASE WHEN n.status = 'suppressed'
+                THEN 'not sent: ' || i.recipient || ' is on the suppression list for ' || i.kind || ' since '
+                     || to_char(i.suppressed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI "UTC"') || ': ' || i.suppressed_for
+                     || coalesce(' (notification ' || i.suppressed_by || ')', '')
+                ELSE '' END,
+           n.created_at
+    FROM new_notification n JOIN input i USING (id)
 ), new_outbox AS (
     INSERT INTO outbox (notification_id, channel, priority, run_at, attempts, sending, recipient)
     SELECT id, channel, priority, greatest(send_at, created_at), 0, false, recipient
     FROM new_notification
+    WHERE status <> 'suppressed'
 )
-SELECT id, status, created_at,
+SELECT id, status, created_at, last_error,
        (SELECT pg_notify('outbox', '') WHERE %(notify)s) AS wake
 FROM new_notification
 """
@@ -320,7 +338,9 @@ SELECT id FROM held WHERE already_started
 """
 
 # Final outcomes ('sent' or 'failed'), one row each: the outbox row goes, the notification
-# takes its final status, the attempt lands in the history.
+# takes its final status, the attempt lands in the history. A failure with a
+# %(suppress_reasons)s (channels.errors.RecipientRefusedError: an opt-out, a channel gone) adds
+# the recipient to the client's suppression list for the channel's %(kinds)s.
 # Fencing: a row is finished only if it still carries the lease_token of the claim that sent
 # it. A dispatcher whose lease expired and was re-claimed by another (it stalled or lost its
 # connection) matches nothing here, and its stale outcome is dropped.
@@ -328,14 +348,15 @@ FINISH = """
 WITH outcome AS (
     SELECT *
     FROM unnest(%(outbox_ids)s::bigint[], %(lease_tokens)s::uuid[], %(statuses)s::text[],
-                %(errors)s::text[], %(provider_message_ids)s::text[])
-         AS t(outbox_id, lease_token, status, error, provider_message_id)
+                %(errors)s::text[], %(provider_message_ids)s::text[], %(kinds)s::text[],
+                %(suppress_reasons)s::text[])
+         AS t(outbox_id, lease_token, status, error, provider_message_id, kind, suppress_reason)
 ), finished AS (
     DELETE FROM outbox o
     USING outcome
     WHERE o.id = outcome.outbox_id AND o.lease_token = outcome.lease_token
     RETURNING o.notification_id, o.attempts, outcome.status, outcome.error,
-              outcome.provider_message_id
+              outcome.provider_message_id, outcome.kind, outcome.suppress_reason
 ), updated AS (
     UPDATE notification n
     SET status = f.status, updated_at = statement_timestamp(), last_error = f.error,
@@ -343,10 +364,18 @@ WITH outcome AS (
         sent_at = CASE WHEN f.status = 'sent' THEN statement_timestamp() ELSE n.sent_at END
     FROM finished f
     WHERE n.id = f.notification_id
+    RETURNING n.id, n.client_id, n.recipient, f.kind, f.suppress_reason
+), suppressed AS (
+    INSERT INTO suppression (client_id, kind, recipient, reason, notification_id, created_at)
+    SELECT client_id, kind, recipient, suppress_reason, id, statement_timestamp()
+    FROM updated
+    WHERE suppress_reason <> ''
+    ON CONFLICT (client_id, kind, recipient) DO NOTHING
 )
 INSERT INTO notification_event (notification_id, status, attempt, error,
                                 provider_message_id, dispatcher, note, created_at)
-SELECT notification_id, status, attempts, error, provider_message_id, %(dispatcher)s, '',
+SELECT notification_id, status, attempts, error, provider_message_id, %(dispatcher)s,
+       CASE WHEN suppress_reason <> '' THEN 'recipient added to the suppression list' ELSE '' END,
        statement_timestamp()
 FROM finished
 """
@@ -602,4 +631,107 @@ WHERE id IN (SELECT id FROM recipient_budget
 # commit. Taken here, in the claim's transaction, CLAIM starts after that commit and sees it.
 LOCK_CHANNEL_STATES = """
 SELECT channel FROM channel_state WHERE channel = ANY(%(channels)s::text[]) ORDER BY channel FOR UPDATE
+"""
+
+# Receipts (notifications.receipts): a provider's reports on messages it accepted, stored as
+# they come. The same report twice (dedupe_key, a unique index) is stored once: the second
+# changes nothing. Returns the ids of the new ones, for APPLY_RECEIPTS in the same transaction.
+RECORD_RECEIPTS = """
+INSERT INTO receipt (source, kind, provider_message_id, outcome, provider_status, error_code, detail,
+                     suppress_reason, occurred_at, dedupe_key, received_at)
+SELECT *, statement_timestamp()
+FROM unnest(%(sources)s::text[], %(kinds)s::text[], %(provider_message_ids)s::text[], %(outcomes)s::text[],
+            %(provider_statuses)s::text[], %(error_codes)s::text[], %(details)s::text[],
+            %(suppress_reasons)s::text[], %(occurred_ats)s::timestamptz[], %(dedupe_keys)s::text[])
+ON CONFLICT (dedupe_key) DO NOTHING
+RETURNING id
+"""
+
+# Apply receipts %(receipt_ids)s to their notifications: the notification of a channel of the
+# receipt's kind (%(channel_names)s / %(channel_kinds)s: the configured channels) whose provider
+# message id is the receipt's (index notification_provider_id_idx). A receipt that matches
+# none stays pending (its notification's send is not recorded yet, or it is not ours) and is
+# tried again by APPLY_PENDING_RECEIPTS.
+# The rules, the same whatever order receipts arrive in:
+# - a receipt changes the status only of a notification the provider accepted (sent,
+#   delivered, undelivered); the final status is the strongest of its receipts:
+#   undelivered > delivered > sent. So an `undelivered` (a bounce) is never undone by a
+#   `delivered` that arrives after it, and a `delivered` that arrived before our `sent` was
+#   recorded applies as soon as it is;
+# - every receipt is an event in the history (provider status and error code), also the
+#   informational ones (opened, deferred) and those about an earlier send of a notification
+#   resent since, which change nothing else;
+# - a receipt with a suppress_reason adds the recipient to the client's suppression list.
+# Lock order: receipt rows, then notification rows (in id order); the status events of the
+# changes are written by the trigger notification_status_changed.
+APPLY_RECEIPTS = """
+WITH kinds AS (
+    SELECT * FROM unnest(%(channel_names)s::text[], %(channel_kinds)s::text[]) AS k(channel, kind)
+), matched AS (
+    SELECT r.id, r.source, r.kind, r.outcome, r.provider_status, r.error_code, r.detail, r.suppress_reason,
+           r.provider_message_id, r.occurred_at, n.id AS notification_id, n.client_id, n.recipient,
+           n.status, n.attempts,
+           CASE r.outcome WHEN 'undelivered' THEN 2 WHEN 'delivered' THEN 1 ELSE 0 END AS strength
+    FROM receipt r
+    JOIN notification n ON n.provider_message_id = r.provider_message_id
+    JOIN kinds k ON k.channel = n.channel AND k.kind = r.kind
+    WHERE r.id = ANY(%(receipt_ids)s::bigint[]) AND r.applied_at IS NULL AND r.provider_message_id <> ''
+    ORDER BY n.id, r.id
+    FOR UPDATE OF r, n
+), verdict AS (
+    SELECT notification_id, max(strength) AS strength,
+           (array_agg(concat_ws(': ', nullif(error_code, ''), nullif(detail, '')) ORDER BY id DESC)
+                FILTER (WHERE outcome = 'undelivered'))[1] AS error
+    FROM matched
+    WHERE status IN ('sent', 'delivered', 'undelivered')
+    GROUP BY notification_id
+), changed AS (
+    UPDATE notification n
+    SET status = CASE v.strength WHEN 2 THEN 'undelivered' ELSE 'delivered' END,
+        last_error = CASE WHEN v.strength = 2 THEN coalesce(nullif(v.error, ''), 'undelivered') ELSE n.last_error END,
+        updated_at = statement_timestamp()
+    FROM verdict v
+    WHERE n.id = v.notification_id
+      AND v.strength > CASE n.status WHEN 'undelivered' THEN 2 WHEN 'delivered' THEN 1 ELSE 0 END
+    RETURNING n.id, n.status
+), applied AS (
+    UPDATE receipt r SET notification_id = m.notification_id, applied_at = statement_timestamp()
+    FROM matched m WHERE r.id = m.id
+), history AS (
+    INSERT INTO notification_event (notification_id, status, attempt, error, provider_message_id,
+                                    dispatcher, note, created_at)
+    SELECT m.notification_id, coalesce(c.status, m.status), m.attempts,
+           concat_ws(': ', nullif(m.error_code, ''), nullif(m.detail, '')), m.provider_message_id, '',
+           'receipt from ' || m.source || ': ' || m.provider_status
+           || coalesce(' at ' || to_char(m.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS "UTC"'), '')
+           || CASE WHEN m.status NOT IN ('sent', 'delivered', 'undelivered')
+                   THEN ' (about an earlier send: the notification is ' || m.status || ')' ELSE '' END
+           || CASE WHEN m.suppress_reason <> '' THEN '; recipient added to the suppression list' ELSE '' END,
+           statement_timestamp()
+    FROM matched m LEFT JOIN changed c ON c.id = m.notification_id
+), suppressed AS (
+    INSERT INTO suppression (client_id, kind, recipient, reason, notification_id, created_at)
+    SELECT DISTINCT ON (client_id, kind, recipient) client_id, kind, recipient, suppress_reason, notification_id,
+           statement_timestamp()
+    FROM matched
+    WHERE suppress_reason <> ''
+    ORDER BY client_id, kind, recipient, id
+    ON CONFLICT (client_id, kind, recipient) DO NOTHING
+)
+SELECT count(*) FROM matched
+"""
+
+# Pending receipts (received in the last %(window_seconds)s, not applied) whose notification
+# now carries their provider message id: they came before the send was recorded. Run by the
+# dispatchers now and then, in a transaction with APPLY_RECEIPTS; index receipt_pending_idx
+# holds only the pending ones, so this costs next to nothing when there are none.
+PENDING_RECEIPTS = """
+SELECT r.id FROM receipt r
+WHERE r.applied_at IS NULL
+  AND r.received_at > statement_timestamp() - make_interval(secs => %(window_seconds)s)
+  AND EXISTS (SELECT 1 FROM notification n WHERE n.provider_message_id = r.provider_message_id
+              AND r.provider_message_id <> '')
+ORDER BY r.id
+LIMIT 1000
+FOR UPDATE OF r SKIP LOCKED
 """

@@ -20,6 +20,7 @@ from django.db import connection, transaction
 from psycopg.types.json import Jsonb
 
 from channels.base import Message
+from channels.receipts import Receipt
 from channels.policy import ChannelPolicy
 from notifications.models import Status
 
@@ -41,6 +42,8 @@ class NewNotification:
     priority: int = 1
     send_at: datetime | None = None
     expires_at: datetime | None = None
+    kind: str = ""  # its channel's kind, for the suppression list
+    ignore_suppression: bool = False  # send even if the recipient is suppressed
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class Enqueued:
     id: uuid.UUID
     status: str
     created_at: datetime
+    last_error: str = ""  # why it was not queued (suppressed)
 
 
 class _NotifyDebounce:
@@ -95,11 +99,13 @@ def enqueue(notifications: Sequence[NewNotification], *, client_id: int) -> list
         "priorities": [n.priority for n in notifications],
         "send_ats": [n.send_at for n in notifications],
         "expires_ats": [n.expires_at for n in notifications],
+        "kinds": [n.kind for n in notifications],
+        "ignore_suppressions": [n.ignore_suppression for n in notifications],
         "notify": _notify_debounce.allow(),
     }
     with connection.cursor() as cursor:
         cursor.execute(sql.ENQUEUE, params)
-        written = {row[0]: Enqueued(row[0], row[1], row[2]) for row in cursor.fetchall()}
+        written = {row[0]: Enqueued(row[0], row[1], row[2], row[3]) for row in cursor.fetchall()}
     return [written[n.id] for n in notifications]
 
 
@@ -297,6 +303,10 @@ class Outcome:
     provider_down: bool = False  # a transient failure: counts towards the channel's breaker
     retry_after: float | None = None  # the provider's own "come back after", in seconds
     move_to: str | None = None  # for 'retrying': fail over to this channel (channels.policy fallback)
+    # For 'failed': the recipient refused for good (channels.errors.RecipientRefusedError), and
+    # joins the client's suppression list for the channel's kind.
+    suppress_reason: str = ""
+    kind: str = ""
 
 
 def record_outcomes(outcomes: Sequence[Outcome], *, dispatcher: str) -> int:
@@ -314,6 +324,8 @@ def record_outcomes(outcomes: Sequence[Outcome], *, dispatcher: str) -> int:
             "statuses": [o.status for o in final],
             "errors": [o.error for o in final],
             "provider_message_ids": [o.provider_message_id for o in final],
+            "kinds": [o.kind for o in final],
+            "suppress_reasons": [o.suppress_reason for o in final],
             "dispatcher": dispatcher,
         }))
     if retrying:
@@ -359,3 +371,44 @@ def resend(*, notification_id: uuid.UUID, client_id: int, note: str) -> tuple[st
                                     "resendable": [str(s) for s in Status.resendable()]})
         status_before, resent, _ = cursor.fetchone()
     return status_before, resent
+
+
+# --- receipts -----------------------------------------------------------------------------------
+
+# How long a receipt waits for its notification's send to be recorded (APPLY_PENDING_RECEIPTS).
+RECEIPT_WAIT_SECONDS = 24 * 3600
+
+
+def record_receipts(receipts: Sequence[Receipt], *, channel_kinds: Mapping[str, str]) -> tuple[int, int]:
+    """Store receipts and apply those whose notification is known (RECORD_RECEIPTS and
+    APPLY_RECEIPTS, one transaction). `channel_kinds`: every configured channel's kind.
+    Returns (new, applied): how many were not seen before, and how many of those matched a
+    notification; the others wait (apply_pending_receipts)."""
+    if not receipts:
+        return 0, 0
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(sql.RECORD_RECEIPTS, {
+            "sources": [r.source for r in receipts], "kinds": [r.kind for r in receipts],
+            "provider_message_ids": [r.provider_message_id for r in receipts],
+            "outcomes": [r.outcome for r in receipts], "provider_statuses": [r.provider_status for r in receipts],
+            "error_codes": [r.error_code for r in receipts], "details": [r.detail for r in receipts],
+            "suppress_reasons": [r.suppress_reason for r in receipts],
+            "occurred_ats": [r.occurred_at for r in receipts], "dedupe_keys": [r.dedupe_key for r in receipts],
+        })
+        new = [row[0] for row in cursor.fetchall()]
+        return len(new), _apply_receipts(cursor, new, channel_kinds) if new else 0
+
+
+def apply_pending_receipts(*, channel_kinds: Mapping[str, str]) -> int:
+    """Apply the receipts that came before their notification's send was recorded (those
+    received in the last RECEIPT_WAIT_SECONDS); how many were applied."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(sql.PENDING_RECEIPTS, {"window_seconds": RECEIPT_WAIT_SECONDS})
+        pending = [row[0] for row in cursor.fetchall()]
+        return _apply_receipts(cursor, pending, channel_kinds) if pending else 0
+
+
+def _apply_receipts(cursor, receipt_ids: list[int], channel_kinds: Mapping[str, str]) -> int:
+    cursor.execute(sql.APPLY_RECEIPTS, {"receipt_ids": receipt_ids, "channel_names": list(channel_kinds),
+                                        "channel_kinds": list(channel_kinds.values())})
+    return cursor.fetchone()[0]

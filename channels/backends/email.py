@@ -33,6 +33,12 @@ sends on dispatcher threads share nothing. The result is the provider's message 
 (Anymail's `message.anymail_status.message_id`), or for SMTP and other backends the
 Message-ID header generated here. An ESP's 2xx answer that Anymail cannot parse still means
 the ESP took the message: it counts as sent, without an id (Channel.deliver decides that).
+
+Receipts: an ESP channel takes the ESP's tracking webhooks through Anymail's tracking views,
+at `/receipts/anymail/<esp>/tracking/` (`receipts_route`), and `receipt_from_anymail` reads
+Anymail's normalised events: delivered -> delivered; bounced, rejected and failed ->
+undelivered; a hard bounce, a complaint and an unsubscribe also suppress the recipient;
+everything else (queued, deferred, opened, clicked, a soft bounce) is history only.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from django.core.mail.backends.smtp import EmailBackend as SMTPBackend
 from django.utils.module_loading import import_string
 from email_validator import EmailNotValidError, validate_email
 
+from .. import receipts
 from ..base import Channel, Message
 from ..errors import (
     ChannelConfigurationError,
@@ -272,6 +279,14 @@ class EmailChannel(Channel):
             return TransientChannelError(what, channel=self.name, status=status, retry_after=_esp_retry_after(response))
         return PermanentChannelError(what, channel=self.name, status=status)
 
+    def receipts_route(self) -> str | None:
+        """Anymail's tracking view of this channel's ESP (the last part of its backend's
+        module: anymail.backends.brevo -> brevo), if it has one."""
+        if not self.is_esp:
+            return None
+        esp = self.backend_class.__module__.rsplit(".", 1)[-1]
+        return f"receipts/anymail/{esp}/tracking/"
+
     def describe(self) -> dict:
         return {
             **super().describe(),
@@ -348,3 +363,39 @@ def _esp_retry_after(response: requests.Response | None) -> float | None:
     if retry_after is None:
         retry_after = parse_retry_after(response.headers.get("x-sib-ratelimit-reset"))
     return retry_after
+
+
+# --- receipts -----------------------------------------------------------------------------------
+
+# Anymail's normalised event types (anymail.signals.EventType) -> what they mean here.
+_ANYMAIL_OUTCOMES = {"delivered": receipts.DELIVERED, "bounced": receipts.UNDELIVERED,
+                     "rejected": receipts.UNDELIVERED, "failed": receipts.UNDELIVERED}
+_SUPPRESSING_EVENTS = {"bounced": "hard bounce", "complained": "complaint (marked as spam)",
+                       "unsubscribed": "unsubscribed"}
+# Raw event types that Anymail reports as "bounced" but that are temporary (Brevo's soft bounce):
+# the ESP tries again, so they are history only.
+_SOFT_BOUNCES = {"soft_bounce"}
+
+
+def receipt_from_anymail(event: Any, esp_name: str) -> receipts.Receipt:
+    """An Anymail tracking event (anymail.signals.AnymailTrackingEvent) as a receipt.
+    Raises MalformedReceipt if it names no message."""
+    message_id = event.message_id if isinstance(event.message_id, str) else ""
+    if not message_id.strip():
+        raise receipts.MalformedReceipt(f"a {esp_name} tracking event without a message id")
+    event_type = str(event.event_type or "unknown")
+    raw = event.esp_event.get("event") if isinstance(getattr(event, "esp_event", None), dict) else None
+    soft = isinstance(raw, str) and raw in _SOFT_BOUNCES
+    outcome = receipts.INFO if soft else _ANYMAIL_OUTCOMES.get(event_type, receipts.INFO)
+    suppress = "" if soft else _SUPPRESSING_EVENTS.get(event_type, "")
+    reject_reason = str(event.reject_reason or "")
+    detail = event.mta_response or event.description or ""
+    when = event.timestamp if hasattr(event.timestamp, "isoformat") else None
+    return receipts.Receipt(
+        source=f"anymail:{esp_name}", kind=EmailChannel.kind, provider_message_id=message_id, outcome=outcome,
+        provider_status=f"{event_type} ({raw})" if isinstance(raw, str) and raw != event_type else event_type,
+        error_code=reject_reason, detail=detail,
+        suppress_reason=f"{esp_name}: {suppress}{f' ({detail})' if detail else ''}" if suppress else "",
+        occurred_at=when,
+        identity=f"{event.event_id}" if event.event_id else "",
+    )

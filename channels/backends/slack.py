@@ -31,7 +31,7 @@ except ImportError as exc:  # the registry reports this by channel name
     raise ImportError(f"the Slack channel needs the slack-sdk package (pip install slack-sdk): {exc}") from exc
 
 from ..base import Channel, Message
-from ..errors import ChannelConfigurationError, PermanentChannelError, TransientChannelError
+from ..errors import ChannelConfigurationError, PermanentChannelError, RecipientRefusedError, TransientChannelError
 from ..retry_after import parse_retry_after
 from ..validation import LIMITS, validate_slack_message
 
@@ -42,6 +42,8 @@ _SLACK_CODE = re.compile(r"^[a-z0-9_]+$")
 
 # Slack's error codes for chat.postMessage (https://api.slack.com/methods/chat.postMessage
 # and the Web API's common errors), in Slack's words.
+# The recipient (a channel) is gone for good: it joins the client's suppression list.
+GONE_CHANNEL_ERRORS = {"channel_not_found", "is_archived"}
 PERMANENT_ERRORS = {
     "channel_not_found": "Value passed for channel was invalid.",
     "not_in_channel": "Cannot post user messages to a channel they are not in.",
@@ -124,6 +126,8 @@ class SlackChannel(Channel):
         if _is_transient(code, http_status):
             retry_after = parse_retry_after(_header(headers, "Retry-After"))
             return TransientChannelError(described, channel=self.name, status=code or http_status, retry_after=retry_after)
+        if code in GONE_CHANNEL_ERRORS:  # later notifications to it are suppressed
+            return RecipientRefusedError(described, channel=self.name, status=code)
         return PermanentChannelError(described, channel=self.name, status=code or http_status)
 
     def describe(self) -> dict[str, Any]:

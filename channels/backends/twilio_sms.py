@@ -13,12 +13,21 @@ Options:
 - `base_url`: the API's root, default "https://api.twilio.com" (a regional endpoint such as
   "https://api.dublin.ie1.twilio.com", or a local stand-in in tests).
 - `timeout`: the send's deadline in seconds, everything included (default 10).
+- `status_callback_url`: where Twilio posts the message's delivery receipts, the service's
+  `/receipts/twilio/<channel name>` as the Internet reaches it (`GET /api/v1/channels` shows
+  it as `receipts_url`). Set on every message as its StatusCallback; unset, Twilio sends no
+  receipts and notifications stay `sent`.
 
 `send()` creates the message (POST /2010-04-01/Accounts/{AccountSid}/Messages.json) and returns
-its SID. Twilio accepting the request only queues the message; delivery reports arrive later
-by status callback, which this channel does not receive. An answer that already says the
+its SID. Twilio accepting the request only queues the message. An answer that already says the
 message failed is a failure, not a success. A 2xx answer that cannot be read (not JSON, too
 large, cut off) still means Twilio created the message: it counts as sent, without a SID.
+Error 21610 (the recipient replied STOP) adds the recipient to the client's suppression list.
+
+Receipts (`receipts_from_callback`): Twilio's status callbacks, verified with the SDK's
+RequestValidator against the channel's auth token (X-Twilio-Signature over the exact URL and
+the form fields). MessageStatus `delivered` -> delivered; `undelivered` and `failed` ->
+undelivered, with ErrorCode; any other status is history only. ErrorCode 21610 suppresses.
 """
 
 from __future__ import annotations
@@ -30,12 +39,17 @@ from typing import Any
 try:
     from twilio.base.exceptions import TwilioRestException, TwilioServiceException
     from twilio.http.http_client import TwilioHttpClient
+    from twilio.request_validator import RequestValidator
     from twilio.rest import Client
 except ImportError as exc:  # the registry reports this by channel name
     raise ImportError(f"the Twilio SMS channel needs the twilio package (pip install twilio): {exc}") from exc
 
+import re
+from typing import Mapping
+
+from .. import receipts
 from ..base import Channel, Message
-from ..errors import ChannelConfigurationError, PermanentChannelError, TransientChannelError
+from ..errors import ChannelConfigurationError, PermanentChannelError, RecipientRefusedError, TransientChannelError
 from ..retry_after import parse_retry_after
 from ..validation import LIMITS, validate_sms_message
 
@@ -67,13 +81,19 @@ TRANSIENT_CODES = {
     # 'From' number" -- the queue drains at the sender's rate, so later the same send succeeds.
     21611: "This 'From' number has exceeded the maximum number of queued messages",
 }
+# Codes that mean the recipient will never take our messages: later ones are suppressed.
+OPT_OUT_CODES = {21610}
 # Statuses of a just-created message that mean Twilio has already given up on it.
 FAILED_STATUSES = {"failed", "undelivered"}
+# A message's SID: SM (SMS) or MM (MMS) and 32 hexadecimal digits.
+MESSAGE_SID = re.compile(r"(SM|MM)[0-9a-fA-F]{32}")
+SIGNATURE_HEADER = "X-Twilio-Signature"
 
 
 class TwilioSmsChannel(Channel):
     kind = "sms"
     accepted_on_http_2xx = True  # 201 Created
+    receipts_path = "receipts/twilio/{name}"
 
     def __init__(
         self,
@@ -84,18 +104,25 @@ class TwilioSmsChannel(Channel):
         from_number: str | None = None,
         messaging_service_sid: str | None = None,
         base_url: str = TWILIO_API_URL,
+        status_callback_url: str | None = None,
         timeout: float = 10.0,
     ):
         super().__init__(name, timeout=timeout, account_sid=account_sid, from_number=from_number,
-                         messaging_service_sid=messaging_service_sid, base_url=base_url)
+                         messaging_service_sid=messaging_service_sid, base_url=base_url,
+                         status_callback_url=status_callback_url)
         if not account_sid or not auth_token:
             raise ChannelConfigurationError(f"channel {name!r}: account_sid and auth_token are required")
         if bool(from_number) == bool(messaging_service_sid):
             raise ChannelConfigurationError(f"channel {name!r}: set exactly one of from_number and messaging_service_sid")
         if not isinstance(base_url, str) or not base_url.startswith(("https://", "http://")):
             raise ChannelConfigurationError(f"channel {name!r}: base_url must be an http(s) URL, not {base_url!r}")
+        if status_callback_url is not None and (
+                not isinstance(status_callback_url, str) or not status_callback_url.startswith(("https://", "http://"))):
+            raise ChannelConfigurationError(f"channel {name!r}: status_callback_url must be an http(s) URL")
 
         self.account_sid = account_sid
+        self.status_callback_url = status_callback_url or None
+        self._validator = RequestValidator(auth_token)
         self.sender = {"from_": from_number} if from_number else {"messaging_service_sid": messaging_service_sid}
         self.base_url = base_url
         self._http = _HttpClient(timeout=self.send_timeout)
@@ -112,7 +139,8 @@ class TwilioSmsChannel(Channel):
 
     def send(self, message: Message) -> str:
         try:
-            created = self._messages.create(to=message.recipient, body=message.body, **self.sender)
+            extra = {"status_callback": self.status_callback_url} if self.status_callback_url else {}
+            created = self._messages.create(to=message.recipient, body=message.body, **self.sender, **extra)
         except (TwilioRestException, TwilioServiceException) as exc:
             raise self._error(exc) from exc
         # Timeouts, connection failures and answers that cannot be read are Channel.deliver's
@@ -141,7 +169,38 @@ class TwilioSmsChannel(Channel):
         if _is_transient(code, http_status):
             retry_after = parse_retry_after(self._http.last_response_headers().get("Retry-After"))
             return TransientChannelError(described, channel=self.name, status=code, retry_after=retry_after)
+        if code in OPT_OUT_CODES:
+            return RecipientRefusedError(described, channel=self.name, status=code)
         return PermanentChannelError(described, channel=self.name, status=code)
+
+    def receipts_from_callback(self, *, url: str, params: Mapping[str, Any], headers: Mapping[str, str]) -> list[receipts.Receipt]:
+        """Twilio's status callback for one message, as a receipt.
+
+        `url` is the URL the request reached (the configured status_callback_url is used
+        instead when set: Twilio signs the URL it was given, which a proxy may have rewritten);
+        `params` the form fields, as a QueryDict or a dict. Raises ForgedReceipt when the
+        signature is missing or wrong, or the callback is for another account, and
+        MalformedReceipt when a field Twilio always sends is missing or malformed.
+        """
+        signature = headers.get(SIGNATURE_HEADER)
+        if not signature or not self._validator.validate(self.status_callback_url or url, params, signature):
+            raise receipts.ForgedReceipt(f"no valid {SIGNATURE_HEADER} for channel {self.name!r}")
+        if params.get("AccountSid") != self.account_sid:
+            raise receipts.ForgedReceipt("the callback is for another Twilio account")
+        sid = params.get("MessageSid") or ""
+        status = params.get("MessageStatus") or params.get("SmsStatus") or ""
+        if not MESSAGE_SID.fullmatch(sid) or not status:
+            raise receipts.MalformedReceipt("a status callback needs MessageSid (SM/MM and 32 hex digits) and MessageStatus")
+        error_code = params.get("ErrorCode") or ""
+        outcome = {"delivered": receipts.DELIVERED, "undelivered": receipts.UNDELIVERED,
+                   "failed": receipts.UNDELIVERED}.get(status, receipts.INFO)
+        code = int(error_code) if error_code.isdigit() else None
+        title = PERMANENT_CODES.get(code) or TRANSIENT_CODES.get(code) or ""
+        return [receipts.Receipt(
+            source=f"twilio:{self.name}", kind=self.kind, provider_message_id=sid, outcome=outcome,
+            provider_status=status, error_code=error_code, detail=title,
+            suppress_reason=f"Twilio error {code}: {title}" if code in OPT_OUT_CODES else "",
+        )]
 
     def describe(self) -> dict[str, Any]:
         sender = self.sender.get("from_") or self.sender.get("messaging_service_sid")

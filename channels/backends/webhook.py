@@ -70,6 +70,7 @@ from ..retry_after import parse_retry_after
 SIGNATURE_HEADER = "X-Notify-Signature"
 TIMESTAMP_HEADER = "X-Notify-Timestamp"
 NOTIFICATION_ID_HEADER = "X-Notify-Notification-Id"
+EVENT_ID_HEADER = "X-Notify-Event-Id"
 URL_MAX = 2048
 RESPONSE_READ_MAX = 64 * 1024  # of the answer's body, for its "id"; the rest is not read
 USER_AGENT = "notify-webhook/1"
@@ -105,7 +106,7 @@ class WebhookChannel(Channel):
         self.allow_any_url = bool(allow_any_url)
         self.allow_private_targets = bool(allow_private_targets)
         for key, url in targets.items():
-            problem = _url_problem(url, allow_private=self.allow_private_targets) if isinstance(url, str) else "not a string"
+            problem = url_problem(url, allow_private=self.allow_private_targets) if isinstance(url, str) else "not a string"
             if problem:
                 raise ChannelConfigurationError(f"channel {name!r}: target {key!r}: {problem}")
         self.targets = targets
@@ -116,7 +117,7 @@ class WebhookChannel(Channel):
         if message.recipient in self.targets:
             return message
         if self.allow_any_url and message.recipient.lower().startswith(("http://", "https://")):
-            problem = _url_problem(message.recipient, allow_private=self.allow_private_targets)
+            problem = url_problem(message.recipient, allow_private=self.allow_private_targets)
             if problem:
                 raise InvalidMessage("to", problem)
             return message
@@ -141,13 +142,17 @@ class WebhookChannel(Channel):
             ensure_ascii=False,
             separators=(",", ":"),
         ).encode()
+        return self._post(url, body, secret=self._secret, headers={NOTIFICATION_ID_HEADER: message.notification_id})
+
+    def _post(self, url: str, body: bytes, *, secret: bytes, headers: Mapping[str, str]) -> str:
+        """POST `body` to `url`, signed with `secret`; the receiver's id, or a channel error."""
         timestamp = str(int(time.time()))
         headers = {
             "Content-Type": "application/json; charset=utf-8",
             "User-Agent": USER_AGENT,
             TIMESTAMP_HEADER: timestamp,
-            SIGNATURE_HEADER: sign(self._secret, timestamp, body),
-            NOTIFICATION_ID_HEADER: message.notification_id,
+            SIGNATURE_HEADER: sign(secret, timestamp, body),
+            **headers,
         }
         # A session per send: nothing shared between dispatcher threads, and every send
         # resolves and checks the target afresh.
@@ -171,7 +176,7 @@ class WebhookChannel(Channel):
             return self.targets[recipient]
         if not self.allow_any_url:
             raise PermanentChannelError(f"{recipient!r} is not a target of this channel", channel=self.name)
-        problem = _url_problem(recipient, allow_private=self.allow_private_targets)
+        problem = url_problem(recipient, allow_private=self.allow_private_targets)
         if problem:
             raise PermanentChannelError(f"refused target: {problem}", channel=self.name)
         return recipient
@@ -259,6 +264,43 @@ def _reason(exc: Exception) -> str:
 # --- addresses ----------------------------------------------------------------------------------
 
 
+class StatusWebhookChannel(WebhookChannel):
+    """Delivers the status events of the API clients to their webhook endpoints
+    (notifications.models.WebhookEndpoint), as the notifications of an internal client.
+
+    The message is the event's JSON, posted as it is; `to` is the endpoint's URL; the
+    metadata carries the event id (header X-Notify-Event-Id, for the receiver's
+    de-duplication) and the endpoint's signing secret (X-Notify-Signature, as above). The
+    registry configures it as the channel `status-webhooks` unless the channels file does;
+    its one option besides `timeout` is `allow_private_targets` (default: the environment's
+    NOTIFY_WEBHOOK_ALLOW_PRIVATE_TARGETS). No API request may use it: the intake refuses it.
+    """
+
+    kind = "status-webhook"
+
+    def __init__(self, name: str, *, allow_private_targets: bool = False, timeout: float = 10.0):
+        Channel.__init__(self, name, timeout=timeout)
+        self._secret = b""
+        self.allow_any_url = True
+        self.allow_private_targets = bool(allow_private_targets)
+        self.targets = {}
+
+    def validate(self, message: Message) -> Message:
+        raise InvalidMessage("channel", f"channel {self.name!r} delivers status events to webhook endpoints; "
+                                        f"register one with POST /api/v1/webhook-endpoints")
+
+    def send(self, message: Message) -> str:
+        secret = message.metadata.get("signing_secret")
+        event_id = message.metadata.get("event_id")
+        if not isinstance(secret, str) or not secret or not isinstance(event_id, str):
+            raise PermanentChannelError("a status event without its endpoint's secret or event id", channel=self.name)
+        url = self._url_for(message.recipient)
+        return self._post(url, message.body.encode(), secret=secret.encode(), headers={EVENT_ID_HEADER: event_id})
+
+    def describe(self) -> dict[str, Any]:
+        return {**Channel.describe(self), "limits": {}, "allow_private_targets": self.allow_private_targets}
+
+
 class RefusedTarget(Exception):
     """A target address that the channel may not connect to. Deliberately not an OSError,
     so that neither urllib3 nor requests retries or rewraps it."""
@@ -293,7 +335,7 @@ def address_problem(address: str) -> str | None:
     return None
 
 
-def _url_problem(url: str, *, allow_private: bool) -> str | None:
+def url_problem(url: str, *, allow_private: bool) -> str | None:
     """What is wrong with a target URL, judged without DNS (a literal IP address is checked;
     a host name is checked when a send resolves it)."""
     if len(url) > URL_MAX:

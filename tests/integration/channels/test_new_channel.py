@@ -34,7 +34,7 @@ def test_a_new_channel_is_one_class_plus_one_settings_entry(db, with_pager):
     listed = client.get("/api/v1/channels")
     channels = {c["name"]: c for c in listed.json()["channels"]}
     assert channels["pager"] == {"name": "pager", "kind": "pager", "backend": "tests.channel_backends.PagerChannel",
-                                 "send_timeout": 10.0, **NO_POLICY, "state": None}
+                                 "send_timeout": 10.0, **NO_POLICY, "state": None, "receipts_url": None}
     assert {"email-log", "sms-log", "slack-log", "fake"} <= set(channels)
     assert b"s3cret" not in listed.content  # options (secrets) are never shown
 

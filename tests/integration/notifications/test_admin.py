@@ -180,7 +180,7 @@ def test_what_an_action_refuses_is_shown_with_the_services_message(staff):
         ("warning", f"Notification {failed} is failed; only scheduled, queued, retrying notifications can be cancelled."),
     ]
     assert shown("resend_selected", queued) == [
-        ("warning", f"Notification {queued} is cancelled; only sent or failed notifications can be resent."),
+        ("warning", f"Notification {queued} is cancelled; only sent, delivered, undelivered or failed notifications can be resent."),
     ]
     assert (status_of(queued), status_of(failed)) == (Status.CANCELLED, Status.FAILED)
 

@@ -155,7 +155,7 @@ def test_list_filters(client, db):
 
 
 def test_list_invalid_status_is_400(client, db):
-    error = assert_error(client.get(URL, {"status": "delivered"}), 400, "invalid", fields=["status"])
+    error = assert_error(client.get(URL, {"status": "arrived"}), 400, "invalid", fields=["status"])
     assert "queued" in error["message"]
 
 
@@ -295,9 +295,11 @@ def test_channels_lists_the_configured_channels(client, db):
     response = client.get("/api/v1/channels")
     assert response.status_code == 200
     channels = {c["name"]: c for c in response.json()["channels"]}
-    assert set(channels) == {"email-log", "sms-log", "slack-log", "fake"}
+    # status-webhooks: always there, delivering the clients' status events
+    assert set(channels) == {"email-log", "sms-log", "slack-log", "fake", "status-webhooks"}
     assert {name: c["kind"] for name, c in channels.items()} == {
         "email-log": "email", "sms-log": "sms", "slack-log": "slack", "fake": "fake",
+        "status-webhooks": "status-webhook",
     }
     assert channels["fake"]["backend"] == "channels.backends.fake.FakeChannel"
     assert channels["sms-log"]["limits"] == {"message_max_chars": 1600}

@@ -280,7 +280,7 @@ def test_the_services_raise_domain_errors_with_the_answers_message(db):
     with pytest.raises(StatusConflict) as conflict:
         services.notification_resend(notification_id=queued, client_id=client_id, by="test")
     assert conflict.value.status == "queued"
-    assert conflict.value.message == f"Notification {queued} is queued; only sent or failed notifications can be resent."
+    assert conflict.value.message == f"Notification {queued} is queued; only sent, delivered, undelivered or failed notifications can be resent."
 
 
 def test_cancel_and_resend_are_one_statement_each(db, django_assert_num_queries):

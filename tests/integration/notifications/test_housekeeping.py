@@ -165,7 +165,7 @@ def test_the_housekeeping_command_runs_each_job_and_all(db):
                                   expires_at=timezone.now() - timedelta(seconds=1))
     out = StringIO()
     call_command("housekeeping", "--job", "retention", "--batch-size", "10", stdout=out)
-    assert "retention: notifications 1, events 2, batches 1" in out.getvalue()
+    assert "retention: notifications 1, events 2, receipts 0, batches 1" in out.getvalue()
     out = StringIO()
     call_command("housekeeping", stdout=out)  # --job all
     text = out.getvalue()
