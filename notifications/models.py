@@ -157,7 +157,7 @@ class IdempotencyKey(models.Model):
         indexes = [models.Index(fields=["expires_at"], name="idempotency_key_expires_idx")]
 
 
-# The client that owns the deliveries of status webhooks (outbox/sql.py, STATUS_EVENT_TRIGGER):
+# The client that owns the deliveries of status webhooks (the triggers of migration 0004):
 # internal notifications, which no API key can see. Created by the trigger when first needed.
 STATUS_WEBHOOKS_CLIENT_ID = 0
 # The channel that delivers them is channels.registry.STATUS_WEBHOOKS_CHANNEL.
@@ -221,14 +221,19 @@ class Receipt(models.Model):
 
 
 class StatusEvent(models.Model):
-    """A status change of a client's notification, as the client's webhooks receive it and
-    `GET /api/v1/events` lists it. Written by a trigger on the notification table in the same
-    transaction as the change (outbox/sql.py, STATUS_EVENT_TRIGGER), so none is missed and
-    none is invented. `sequence` numbers a notification's events 1, 2, 3... in order."""
+    """A status change of a notification of a client that has a webhook endpoint, as its
+    webhooks receive it and `GET /api/v1/events` lists it. Written by triggers on the
+    notification table in the same transaction as the change (the migration
+    notifications 0004), so none is missed and none is invented. `sequence` numbers a
+    notification's events 1, 2, 3... in order."""
 
     id = models.UUIDField(primary_key=True)
-    client = models.ForeignKey(ApiClient, on_delete=models.CASCADE, related_name="+")
-    notification = models.ForeignKey(Notification, on_delete=models.CASCADE, related_name="status_events")
+    # No foreign keys in the database: the trigger writes these from the notification row
+    # itself, and the retention deletes them with it; a constraint would only add a check per
+    # row to every status change.
+    client = models.ForeignKey(ApiClient, on_delete=models.CASCADE, related_name="+", db_constraint=False)
+    notification = models.ForeignKey(Notification, on_delete=models.CASCADE, related_name="status_events",
+                                     db_constraint=False)
     sequence = models.PositiveIntegerField()
     type = models.CharField(max_length=16)  # accepted, sent, delivered, ...
     payload = models.JSONField()  # the webhook's body, exactly

@@ -7,64 +7,80 @@ import notifications.ids
 from django.db import migrations, models
 
 
-# Status events (notifications.models.StatusEvent): every status change of a client's
-# notification that a client can subscribe to becomes an event, written by these triggers in
-# the transaction of the change, whichever statement made it (outbox/sql.py, the API, the
-# admin). Each event is also queued, as an internal notification on the status-webhooks
+# Status events (notifications.models.StatusEvent): every status change that a client can
+# subscribe to, of the notifications of a client that has a webhook endpoint, becomes an event,
+# written by these triggers in the transaction of the change, whichever statement made it
+# (outbox/sql.py, the API, the admin). A client without an endpoint costs one look at the
+# (small) webhook_endpoint table per statement, nothing per row. Each event is also queued, as an internal notification on the status-webhooks
 # channel, for every webhook endpoint of the client that subscribed to its type; the
 # dispatchers deliver it like any other notification (channels.backends.webhook.StatusWebhookChannel).
 #
 # Statement-level triggers with transition tables: one call per statement, however many rows
 # it changed, so a batch of 1,000 costs one set-based insert, and a statement that changed no
 # status of interest (START's 'sending', RETRY's 'retrying') costs one scan of its own rows.
-# The internal notifications (client 0) make no events of their own.
+# The internal notifications (client 0, which has no endpoint) make no events of their own.
 # `sequence` numbers a notification's events: the notification's row lock, held by the
 # statement that fired the trigger, orders concurrent changes, and each query of a PL/pgSQL
 # function sees what committed before it ran.
 STATUS_EVENT_FUNCTION = """
+-- The body of a status event, as webhooks post it and GET /api/v1/events shows it.
+-- (A transition table's rows are records, not of the notification type: the fields come one by one.)
+CREATE FUNCTION status_event_payload(event_id uuid, event_type text, sequence int, notification_id uuid,
+                                     channel text, recipient text, status text, attempts int, error text,
+                                     provider_message_id text)
+RETURNS jsonb LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'id', event_id, 'type', event_type, 'sequence', sequence,
+        'created_at', to_char(statement_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+        'notification', jsonb_build_object(
+            'id', notification_id, 'channel', channel, 'to', recipient, 'status', status, 'attempts', attempts,
+            'error', error, 'provider_message_id', provider_message_id))
+$$;
+
 CREATE FUNCTION notification_status_event() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    changed uuid[];
     events uuid[];
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        SELECT array_agg(id) INTO changed FROM new_rows WHERE client_id <> 0;
+        -- accepted (queued, scheduled) or suppressed: the first event of each
+        WITH stored AS (
+            INSERT INTO status_event (id, client_id, notification_id, sequence, type, payload, created_at)
+            SELECT e.id, n.client_id, n.id, 1, e.type,
+                   status_event_payload(e.id, e.type, 1, n.id, n.channel, n.recipient, n.status, n.attempts,
+                                        n.last_error, n.provider_message_id),
+                   statement_timestamp()
+            FROM new_rows n
+            CROSS JOIN LATERAL (SELECT gen_random_uuid() AS id,
+                                       CASE WHEN n.status IN ('queued', 'scheduled') THEN 'accepted' ELSE n.status END AS type) e
+            WHERE n.client_id IN (SELECT client_id FROM webhook_endpoint)
+            RETURNING id
+        )
+        SELECT array_agg(id) INTO events FROM stored;
     ELSE
-        SELECT array_agg(n.id) INTO changed
-        FROM new_rows n JOIN old_rows o ON o.id = n.id
-        WHERE n.client_id <> 0 AND n.status IS DISTINCT FROM o.status
-          AND n.status IN ('queued', 'scheduled', 'sent', 'delivered', 'undelivered', 'failed',
-                           'suppressed', 'cancelled', 'expired');
-    END IF;
-    IF changed IS NULL THEN
-        RETURN NULL;
+        WITH changed AS (
+            SELECT n.id AS notification_id, n.client_id, n.channel, n.recipient, n.status, n.attempts, n.last_error,
+                   n.provider_message_id, gen_random_uuid() AS id,
+                   CASE WHEN n.status IN ('queued', 'scheduled') THEN 'accepted' ELSE n.status END AS type,
+                   (SELECT coalesce(max(s.sequence), 0) + 1 FROM status_event s WHERE s.notification_id = n.id) AS sequence
+            FROM new_rows n JOIN old_rows o ON o.id = n.id
+            WHERE n.client_id IN (SELECT client_id FROM webhook_endpoint) AND n.status IS DISTINCT FROM o.status
+              AND n.status IN ('queued', 'scheduled', 'sent', 'delivered', 'undelivered', 'failed',
+                               'suppressed', 'cancelled', 'expired')
+        ), stored AS (
+            INSERT INTO status_event (id, client_id, notification_id, sequence, type, payload, created_at)
+            SELECT id, client_id, notification_id, sequence, type,
+                   status_event_payload(id, type, sequence, notification_id, channel, recipient, status, attempts,
+                                        last_error, provider_message_id),
+                   statement_timestamp()
+            FROM changed
+            RETURNING id
+        )
+        SELECT array_agg(id) INTO events FROM stored;
     END IF;
 
-    WITH event AS (
-        SELECT gen_random_uuid() AS id, n.id AS notification_id, n.client_id,
-               CASE WHEN n.status IN ('queued', 'scheduled') THEN 'accepted' ELSE n.status END AS type,
-               (SELECT coalesce(max(s.sequence), 0) + 1 FROM status_event s WHERE s.notification_id = n.id) AS sequence,
-               n.channel, n.recipient, n.status, n.attempts, n.last_error, n.provider_message_id
-        FROM notification n
-        WHERE n.id = ANY(changed)
-    ), stored AS (
-        INSERT INTO status_event (id, client_id, notification_id, sequence, type, payload, created_at)
-        SELECT id, client_id, notification_id, sequence, type,
-               jsonb_build_object(
-                   'id', id, 'type', type, 'sequence', sequence,
-                   'created_at', to_char(statement_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-                   'notification', jsonb_build_object(
-                       'id', notification_id, 'channel', channel, 'to', recipient, 'status', status,
-                       'attempts', attempts, 'error', last_error, 'provider_message_id', provider_message_id)),
-               statement_timestamp()
-        FROM event
-        RETURNING id
-    )
-    SELECT array_agg(id) INTO events FROM stored;
-
-    IF NOT EXISTS (SELECT 1 FROM status_event s JOIN webhook_endpoint w
-                   ON w.client_id = s.client_id AND s.type = ANY(w.event_types)
-                   WHERE s.id = ANY(events)) THEN
+    IF events IS NULL OR NOT EXISTS (
+            SELECT 1 FROM status_event s JOIN webhook_endpoint w ON w.client_id = s.client_id AND s.type = ANY(w.event_types)
+            WHERE s.id = ANY(events)) THEN
         RETURN NULL;
     END IF;
     -- The owner of the deliveries (notifications.models.STATUS_WEBHOOKS_CLIENT_ID).
@@ -105,6 +121,8 @@ DROP_STATUS_EVENT_FUNCTION = """
 DROP TRIGGER notification_status_changed ON notification;
 DROP TRIGGER notification_accepted ON notification;
 DROP FUNCTION notification_status_event();
+DROP FUNCTION status_event_payload(uuid, text, int, uuid, text, text, text, int, text, text);
+DROP FUNCTION gen_random_uuid();
 """
 
 
@@ -203,12 +221,12 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='statusevent',
             name='client',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='notifications.apiclient'),
+            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, db_constraint=False, related_name='+', to='notifications.apiclient'),
         ),
         migrations.AddField(
             model_name='statusevent',
             name='notification',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='status_events', to='notifications.notification'),
+            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, db_constraint=False, related_name='status_events', to='notifications.notification'),
         ),
         migrations.AddField(
             model_name='suppression',

@@ -109,3 +109,11 @@ def test_status_events_are_numbered_per_notification_and_queued_for_subscribed_e
     assert OutboxEntry.objects.filter(channel="status-webhooks").count() == 2
     # The deliveries make no events of their own.
     assert not StatusEvent.objects.filter(client_id=0).exists()
+
+
+def test_a_client_without_a_webhook_endpoint_gets_no_status_events(db):
+    nid = enqueue_one("fake", "a@example.com", "hi")
+    sent(nid, "P-1")
+    assert status_of(nid) == "sent"
+    assert not StatusEvent.objects.exists()
+    assert not Notification.objects.filter(client_id=0).exists()
