@@ -20,8 +20,8 @@ from django.db import connection, transaction
 from psycopg.types.json import Jsonb
 
 from channels.base import Message
-from channels.receipts import Receipt
 from channels.policy import ChannelPolicy
+from channels.receipts import Receipt
 from notifications.models import Status
 
 from . import sql

@@ -5,7 +5,8 @@ a channel to them, the integration tests through a dispatcher process.
 
 A stand-in subclasses `HTTPStandIn` and says how a request is read (`parse`), which answer it
 gets (`answer`, before any delay) and, where the provider checks something late or builds its
-answer from the request, `complete` (after it).
+answer from the request, `complete` (after it); `answered` runs once the answer is sent (a
+provider that calls back about what it accepted).
 """
 
 from __future__ import annotations
@@ -58,8 +59,9 @@ class HTTPStandIn:
 
     Every request is read by `parse(path, headers, raw)` and recorded in `requests`; `answer`
     chooses its Reply; a late answer waits (cut short at teardown); a dropped one closes the
-    connection; otherwise `complete(request, reply)` may still change the reply, which is sent.
-    Use it as a context manager: the server runs inside the `with`.
+    connection; otherwise `complete(request, reply)` may still change the reply, which is sent,
+    and then `answered(request, reply)` runs. Use it as a context manager: the server runs
+    inside the `with`.
     """
 
     protocol_version = "HTTP/1.0"
@@ -87,6 +89,9 @@ class HTTPStandIn:
 
     def complete(self, request, reply: Reply) -> Reply:
         return reply
+
+    def answered(self, request, reply: Reply) -> None:
+        """After `reply` was sent (not after a dropped connection)."""
 
     # the plumbing
 
@@ -165,6 +170,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(payload)
+        self.wfile.flush()
+        standin.answered(request, reply)
 
     def log_message(self, *args) -> None:  # quiet
         pass
