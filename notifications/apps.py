@@ -7,3 +7,4 @@ class NotificationsConfig(AppConfig):
 
     def ready(self) -> None:
         from . import openapi  # noqa: F401  (registers the API-key security scheme)
+        from . import receipts  # noqa: F401  (receives Anymail's tracking signal)

@@ -91,6 +91,7 @@ def anymail_tracking_event(sender, event, esp_name: str, **kwargs) -> None:
 def _anymail_view(view):
     """Anymail's tracking view, refused without a webhook secret (anyone could post a bounce
     and suppress a recipient), with its refusals and parse failures answered as 4xx."""
+    source = f"anymail:{view.view_class.esp_name}"  # as the tracking signal's receipts say
 
     @wraps(view)
     def guarded(request, *args, **kwargs):
@@ -101,11 +102,11 @@ def _anymail_view(view):
             with transaction.atomic():  # every event of the request, or none
                 return view(request, *args, **kwargs)
         except AnymailWebhookValidationFailure:
-            metrics.count_receipts("anymail", "forged")
+            metrics.count_receipts(source, "forged")
             return error_response("forbidden", "Missing or wrong basic auth for the ESP's webhook.", 403)
         except (MalformedReceipt, ValueError, KeyError, TypeError, AttributeError) as exc:
             # Not what the ESP posts (a body that is not its JSON, an event without a message id).
-            metrics.count_receipts("anymail", "malformed")
+            metrics.count_receipts(source, "malformed")
             return error_response("invalid", f"Not a tracking event this ESP sends: {type(exc).__name__}", 400)
 
     return csrf_exempt(guarded)
