@@ -63,7 +63,8 @@ def normalised(kind: str, recipient: str) -> str:
 class SuppressionListView(APIView):
     """GET: the client's suppressed recipients, newest first."""
 
-    @extend_schema(summary="Suppressed recipients, newest first", parameters=[SuppressionQuerySerializer],
+    @extend_schema(summary="Suppressed recipients, newest first", operation_id="suppressions_list",
+                   parameters=[SuppressionQuerySerializer],
                    responses={200: page_of(SuppressionSerializer), **errors(400, 401, 429)})
     def get(self, request):
         query = SuppressionQuerySerializer(data=request.query_params.dict())

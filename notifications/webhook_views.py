@@ -150,7 +150,8 @@ class WebhookEndpointDetailView(APIView):
 class EventListView(APIView):
     """GET: the client's status events, oldest first."""
 
-    @extend_schema(summary="Status events, oldest first (to catch up)", parameters=[EventQuerySerializer],
+    @extend_schema(summary="Status events, oldest first (to catch up)", operation_id="events_list",
+                   parameters=[EventQuerySerializer],
                    responses={200: page_of(EventSerializer), **errors(400, 401, 429)})
     def get(self, request):
         query = EventQuerySerializer(data=request.query_params.dict())
