@@ -130,6 +130,8 @@ def _as_field_dict(detail, prefix: str = "") -> dict[str, list[str]]:
         for name, messages in detail.items():
             if name == "non_field_errors" and prefix:
                 path = prefix
+            elif isinstance(name, int) and prefix:  # a list field's item (ListField's errors)
+                path = f"{prefix}[{name}]"
             else:
                 path = f"{prefix}.{name}" if prefix else str(name)
             fields.update(_as_field_dict(messages, path))

@@ -45,7 +45,7 @@ class WebhookEndpointSerializer(serializers.Serializer):
     event_types = serializers.ListField(
         child=serializers.ChoiceField(choices=WebhookEndpoint.EVENT_TYPES,
                                       error_messages={"invalid_choice": f"Must be one of: {', '.join(WebhookEndpoint.EVENT_TYPES)}."}),
-        required=False, allow_empty=False, max_length=len(WebhookEndpoint.EVENT_TYPES),
+        required=False, allow_empty=False, min_length=1, max_length=len(WebhookEndpoint.EVENT_TYPES),
         help_text="The event types to receive; all of them if left out.")
     created_at = serializers.DateTimeField(read_only=True)
 

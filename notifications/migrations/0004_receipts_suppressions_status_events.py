@@ -122,7 +122,6 @@ DROP TRIGGER notification_status_changed ON notification;
 DROP TRIGGER notification_accepted ON notification;
 DROP FUNCTION notification_status_event();
 DROP FUNCTION status_event_payload(uuid, text, int, uuid, text, text, text, int, text, text);
-DROP FUNCTION gen_random_uuid();
 """
 
 
