@@ -6,5 +6,5 @@ class NotificationsConfig(AppConfig):
     verbose_name = "Notifications"
 
     def ready(self) -> None:
-        from . import openapi  # noqa: F401  (registers the API-key security scheme)
-        from . import receipts  # noqa: F401  (receives Anymail's tracking signal)
+        # openapi registers the API-key security scheme; receipts receives Anymail's tracking signal.
+        from . import openapi, receipts  # noqa: F401

@@ -1,6 +1,6 @@
 """The suppression list of the calling client: recipients it no longer sends to.
 
-    GET    /api/v1/suppressions                      newest first; filters kind, to
+    GET    /api/v1/suppressions                      newest first; filters kind, to (normalised)
     DELETE /api/v1/suppressions/{kind}/{recipient}   send to it again
 
 Entries are added by the delivery side (a hard bounce, a complaint, an unsubscribe, an SMS
@@ -73,7 +73,10 @@ class SuppressionListView(APIView):
         if "kind" in query.validated_data:
             entries = entries.filter(kind=query.validated_data["kind"])
         if "to" in query.validated_data:
-            entries = entries.filter(recipient=query.validated_data["to"])
+            to = query.validated_data["to"]
+            kinds = [query.validated_data["kind"]] if "kind" in query.validated_data else \
+                {channel.kind for channel in all_channels().values()}
+            entries = entries.filter(recipient__in={to, *(normalised(kind, to) for kind in kinds)})
         paginator = NewestFirst()
         page = paginator.paginate_queryset(entries, request, view=self)
         return paginator.get_paginated_response(SuppressionSerializer(page, many=True).data)
