@@ -188,15 +188,10 @@ class NotificationRequestSerializer(serializers.Serializer):
         return value
 
 
-class NotificationListQuerySerializer(serializers.Serializer):
-    """The query parameters of GET /api/v1/notifications."""
+class QueryParameters(serializers.Serializer):
+    """A list's query parameters: an unknown one is refused (400 naming it), not ignored, and
+    the cursor pages (NewestFirst) take `page_size` and `cursor`."""
 
-    status = serializers.ChoiceField(
-        choices=Status.values, required=False,
-        error_messages={"invalid_choice": f"Must be one of: {', '.join(Status.values)}."},
-    )
-    channel = serializers.CharField(required=False)
-    to = serializers.CharField(required=False, help_text="The recipient as stored (normalised).")
     page_size = serializers.IntegerField(required=False, min_value=1, max_value=500, help_text="Default 50.")
     cursor = serializers.CharField(required=False, help_text="From the `next` or `previous` link.")
 
@@ -205,6 +200,17 @@ class NotificationListQuerySerializer(serializers.Serializer):
         if unknown:
             raise serializers.ValidationError({name: [f"Unknown query parameter. Expected: {', '.join(self.fields)}."] for name in unknown})
         return super().to_internal_value(data)
+
+
+class NotificationListQuerySerializer(QueryParameters):
+    """The query parameters of GET /api/v1/notifications."""
+
+    status = serializers.ChoiceField(
+        choices=Status.values, required=False,
+        error_messages={"invalid_choice": f"Must be one of: {', '.join(Status.values)}."},
+    )
+    channel = serializers.CharField(required=False)
+    to = serializers.CharField(required=False, help_text="The recipient as stored (normalised).")
 
 
 class AnswerSerializer(serializers.Serializer):

@@ -146,5 +146,10 @@ def notification_resend(*, notification_id: uuid.UUID, client_id: int, by: str) 
         raise StatusConflict(
             notification_id, status_before,
             f"Notification {notification_id} is {status_before}; only "
-            f"{', '.join(Status.resendable()[:-1])} or {Status.resendable()[-1]} notifications can be resent.",
+            f"{_one_of(Status.resendable())} notifications can be resent.",
         )
+
+
+def _one_of(words: list[str]) -> str:
+    """"a, b or c"."""
+    return " or ".join(filter(None, [", ".join(words[:-1]), words[-1]])) if words else ""

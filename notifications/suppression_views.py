@@ -23,6 +23,7 @@ from channels.registry import all_channels
 
 from .models import Suppression
 from .openapi import errors, page_of
+from .serializers import QueryParameters
 from .views import NewestFirst
 
 
@@ -34,18 +35,9 @@ class SuppressionSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
 
 
-class SuppressionQuerySerializer(serializers.Serializer):
+class SuppressionQuerySerializer(QueryParameters):
     kind = serializers.CharField(required=False)
-    to = serializers.CharField(required=False)
-    page_size = serializers.IntegerField(required=False, min_value=1, max_value=500)
-    cursor = serializers.CharField(required=False)
-
-    def to_internal_value(self, data):
-        unknown = sorted(set(data) - set(self.fields))
-        if unknown:
-            raise serializers.ValidationError(
-                {name: [f"Unknown query parameter. Expected: {', '.join(self.fields)}."] for name in unknown})
-        return super().to_internal_value(data)
+    to = serializers.CharField(required=False, help_text="The recipient, in any form its kind's channels accept.")
 
 
 def normalised(kind: str, recipient: str) -> str:

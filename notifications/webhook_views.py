@@ -33,7 +33,7 @@ from channels.backends.webhook import url_problem
 
 from .models import StatusEvent, WebhookEndpoint
 from .openapi import errors, page_of
-from .serializers import StrictCharField, StrictDateTimeField
+from .serializers import QueryParameters, StrictCharField, StrictDateTimeField
 from .views import NewestFirst
 
 MAX_ENDPOINTS_PER_CLIENT = 20
@@ -78,19 +78,10 @@ class EventSerializer(serializers.Serializer):
     payload = serializers.DictField(help_text="The webhook's body, exactly as posted.")
 
 
-class EventQuerySerializer(serializers.Serializer):
+class EventQuerySerializer(QueryParameters):
     since = StrictDateTimeField(required=False, help_text="Events at or after this time.")
     type = serializers.ChoiceField(choices=WebhookEndpoint.EVENT_TYPES, required=False)
     notification = serializers.UUIDField(required=False, help_text="The events of one notification.")
-    page_size = serializers.IntegerField(required=False, min_value=1, max_value=500)
-    cursor = serializers.CharField(required=False)
-
-    def to_internal_value(self, data):
-        unknown = sorted(set(data) - set(self.fields))
-        if unknown:
-            raise serializers.ValidationError(
-                {name: [f"Unknown query parameter. Expected: {', '.join(self.fields)}."] for name in unknown})
-        return super().to_internal_value(data)
 
 
 class OldestFirst(NewestFirst):

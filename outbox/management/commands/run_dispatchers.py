@@ -5,7 +5,7 @@ import os
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from channels.registry import all_channels
+from channels.registry import STATUS_WEBHOOKS_CHANNEL, all_channels
 from outbox.dispatcher import DEADLINE_SLACK, Dispatcher, lease_allows_send
 from outbox.retry import RetryPolicy
 from outbox.supervisor import Supervisor
@@ -47,12 +47,13 @@ class Command(BaseCommand):
                 raise CommandError(f"unknown channel(s) {', '.join(unknown)}; configured: {', '.join(sorted(configured))}")
             channels = {name: configured[name] for name in names}
         else:
-            channels = configured
+            channels = dict(configured)
         for name in ("processes", "threads", "batch_size"):
             if options[name] < 1:
                 raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
         if options["metrics_port"] is not None and not 0 < options["metrics_port"] < 65536:
             raise CommandError("--metrics-port must be between 1 and 65535")
+        self._fit_built_in_channel(channels, options["lease_seconds"])
         slowest = max(channels.values(), key=lambda c: c.send_timeout)
         if not lease_allows_send(lease_left=options["lease_seconds"], send_timeout=slowest.send_timeout):
             raise CommandError(
@@ -87,3 +88,20 @@ class Command(BaseCommand):
                     f"cannot serve metrics on {options['metrics_addr']}:{options['metrics_port']}: {exc}"
                 ) from None
         raise SystemExit(supervisor.run())
+
+    def _fit_built_in_channel(self, channels: dict, lease_seconds: float) -> None:
+        """The built-in status-webhooks channel (unless the channels file configures it) sends
+        within the lease: its deadline, 10 s by default, is shortened to fit a shorter lease,
+        as every channel's must; a lease too short for any send leaves it to other dispatchers."""
+        channel = channels.get(STATUS_WEBHOOKS_CHANNEL)
+        if channel is None or STATUS_WEBHOOKS_CHANNEL in settings.NOTIFICATION_CHANNELS:
+            return
+        if lease_allows_send(lease_left=lease_seconds, send_timeout=channel.send_timeout):
+            return
+        fitting = lease_seconds - 2 * DEADLINE_SLACK
+        if fitting >= 1.0:
+            channel.send_timeout = fitting
+            self.stderr.write(f"channel {STATUS_WEBHOOKS_CHANNEL!r}: send timeout {fitting:g}s, to fit --lease-seconds")
+        else:
+            del channels[STATUS_WEBHOOKS_CHANNEL]
+            self.stderr.write(f"channel {STATUS_WEBHOOKS_CHANNEL!r} not served: --lease-seconds is too short for a send")
