@@ -99,6 +99,9 @@ class Notification(models.Model):
     priority = models.SmallIntegerField(choices=Priority.choices, default=Priority.NORMAL)
     send_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
+    # Whether its status changes become status events for its client's webhooks: its client had
+    # a webhook endpoint when it was accepted (the triggers of migration 0004).
+    reports_status = models.BooleanField(default=False, db_default=False)
 
     class Meta:
         db_table = "notification"

@@ -9,10 +9,10 @@
                                             catch up after downtime (filters since, type,
                                             notification)
 
-Once a client has an endpoint, every status change of its notifications (accepted, sent,
-delivered, undelivered, failed, suppressed, cancelled, expired) is a StatusEvent, written by a
-trigger in the same transaction as the change, and queued for each endpoint subscribed to its
-type; the
+Once a client has an endpoint, every status change of the notifications it sends (accepted,
+sent, delivered, undelivered, failed, suppressed, cancelled, expired) is a StatusEvent, written
+by a trigger in the same transaction as the change, and queued for each endpoint subscribed to
+its type; the
 dispatchers post it (channels.backends.webhook.StatusWebhookChannel), signed like the
 webhook channel, at least once, retried with backoff. Receivers de-duplicate by the event id
 (X-Notify-Event-Id, and "id" in the body) and order a notification's events by "sequence".

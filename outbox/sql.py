@@ -25,8 +25,9 @@ RETRY (released until its backoff ends).
 # its request said ignore_suppression.
 # `wake` sends at most one NOTIFY for the whole statement, and only when the caller's
 # debounce allows it (store.enqueue); listeners receive it at commit.
-# The status events of the new notifications are written by the trigger notification_accepted
-# (notifications/migrations/0004_receipts_suppressions_status_events.py).
+# A client with a webhook endpoint gets status events of the new notifications (reports_status),
+# written by the trigger notification_accepted, and of their later status changes, by
+# notification_status_changed (notifications/migrations/0004_receipts_suppressions_status_events.py).
 ENQUEUE = """
 WITH input AS (
     SELECT t.*, s.reason AS suppressed_for, s.notification_id AS suppressed_by, s.created_at AS suppressed_at
@@ -41,12 +42,13 @@ WITH input AS (
 ), new_notification AS (
     INSERT INTO notification (id, client_id, channel, recipient, subject, message, metadata,
                               status, attempts, last_error, provider_message_id,
-                              priority, send_at, expires_at)
+                              priority, send_at, expires_at, reports_status)
     SELECT id, %(client_id)s, channel, recipient, subject, message, metadata,
            CASE WHEN suppressed_for IS NOT NULL THEN 'suppressed'
                 WHEN send_at > statement_timestamp() THEN 'scheduled' ELSE 'queued' END,
            0, CASE WHEN suppressed_for IS NOT NULL THEN 'recipient suppressed: ' || suppressed_for ELSE '' END,
-           '', priority, send_at, expires_at
+           '', priority, send_at, expires_at,
+           EXISTS (SELECT 1 FROM webhook_endpoint WHERE client_id = %(client_id)s)
     FROM input
     RETURNING id, channel, recipient, status, priority, send_at, created_at, last_error
 ), first_event AS (

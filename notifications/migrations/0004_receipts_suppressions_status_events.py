@@ -8,17 +8,20 @@ from django.db import migrations, models
 
 
 # Status events (notifications.models.StatusEvent): every status change that a client can
-# subscribe to, of the notifications of a client that has a webhook endpoint, becomes an event,
+# subscribe to, of the notifications of a client with a webhook endpoint, becomes an event,
 # written by these triggers in the transaction of the change, whichever statement made it
-# (outbox/sql.py, the API, the admin). A client without an endpoint costs one look at the
-# (small) webhook_endpoint table per statement, nothing per row. Each event is also queued, as an internal notification on the status-webhooks
-# channel, for every webhook endpoint of the client that subscribed to its type; the
-# dispatchers deliver it like any other notification (channels.backends.webhook.StatusWebhookChannel).
+# (outbox/sql.py, the API, the admin). Each event is also queued, as an internal notification
+# on the status-webhooks channel, for every webhook endpoint of the client subscribed to its
+# type; the dispatchers deliver it like any other notification
+# (channels.backends.webhook.StatusWebhookChannel).
 #
-# Statement-level triggers with transition tables: one call per statement, however many rows
-# it changed, so a batch of 1,000 costs one set-based insert, and a statement that changed no
-# status of interest (START's 'sending', RETRY's 'retrying') costs one scan of its own rows.
-# The internal notifications (client 0, which has no endpoint) make no events of their own.
+# A notification reports its status changes if its client had a webhook endpoint when it was
+# accepted (notification.reports_status, set by ENQUEUE); the others cost nothing here.
+# The intake's insert: a statement-level trigger with its transition table, one set-based
+# insert per statement however many rows (a batch of 1,000). A status change: a row-level
+# trigger whose WHEN clause (evaluated without calling any function) passes over the
+# notifications that do not report, and the changes no client subscribes to (START's
+# 'sending', RETRY's 'retrying'). The internal notifications (client 0) do not report.
 # `sequence` numbers a notification's events: the notification's row lock, held by the
 # statement that fired the trigger, orders concurrent changes, and each query of a PL/pgSQL
 # function sees what committed before it ran.
@@ -37,90 +40,108 @@ RETURNS jsonb LANGUAGE sql STABLE AS $$
             'error', error, 'provider_message_id', provider_message_id))
 $$;
 
-CREATE FUNCTION notification_status_event() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Queue status events for the client's endpoints subscribed to their types: each becomes an
+-- internal notification of the status-webhooks channel, with its history and outbox row, owned
+-- by client 0 (notifications.models.STATUS_WEBHOOKS_CLIENT_ID, created here when first
+-- needed). One statement; nothing is written when no endpoint subscribes.
+CREATE FUNCTION queue_status_webhooks(events uuid[]) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
-    events uuid[];
+    queued_count int;
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        -- accepted (queued, scheduled) or suppressed: the first event of each
-        WITH stored AS (
-            INSERT INTO status_event (id, client_id, notification_id, sequence, type, payload, created_at)
-            SELECT e.id, n.client_id, n.id, 1, e.type,
-                   status_event_payload(e.id, e.type, 1, n.id, n.channel, n.recipient, n.status, n.attempts,
-                                        n.last_error, n.provider_message_id),
-                   statement_timestamp()
-            FROM new_rows n
-            CROSS JOIN LATERAL (SELECT gen_random_uuid() AS id,
-                                       CASE WHEN n.status IN ('queued', 'scheduled') THEN 'accepted' ELSE n.status END AS type) e
-            WHERE n.client_id IN (SELECT client_id FROM webhook_endpoint)
-            RETURNING id
-        )
-        SELECT array_agg(id) INTO events FROM stored;
-    ELSE
-        WITH changed AS (
-            SELECT n.id AS notification_id, n.client_id, n.channel, n.recipient, n.status, n.attempts, n.last_error,
-                   n.provider_message_id, gen_random_uuid() AS id,
-                   CASE WHEN n.status IN ('queued', 'scheduled') THEN 'accepted' ELSE n.status END AS type,
-                   (SELECT coalesce(max(s.sequence), 0) + 1 FROM status_event s WHERE s.notification_id = n.id) AS sequence
-            FROM new_rows n JOIN old_rows o ON o.id = n.id
-            WHERE n.client_id IN (SELECT client_id FROM webhook_endpoint) AND n.status IS DISTINCT FROM o.status
-              AND n.status IN ('queued', 'scheduled', 'sent', 'delivered', 'undelivered', 'failed',
-                               'suppressed', 'cancelled', 'expired')
-        ), stored AS (
-            INSERT INTO status_event (id, client_id, notification_id, sequence, type, payload, created_at)
-            SELECT id, client_id, notification_id, sequence, type,
-                   status_event_payload(id, type, sequence, notification_id, channel, recipient, status, attempts,
-                                        last_error, provider_message_id),
-                   statement_timestamp()
-            FROM changed
-            RETURNING id
-        )
-        SELECT array_agg(id) INTO events FROM stored;
-    END IF;
-
-    IF events IS NULL OR NOT EXISTS (
-            SELECT 1 FROM status_event s JOIN webhook_endpoint w ON w.client_id = s.client_id AND s.type = ANY(w.event_types)
-            WHERE s.id = ANY(events)) THEN
-        RETURN NULL;
-    END IF;
-    -- The owner of the deliveries (notifications.models.STATUS_WEBHOOKS_CLIENT_ID).
-    INSERT INTO api_client (id, name, created_at) VALUES (0, '(status webhooks)', statement_timestamp())
-    ON CONFLICT DO NOTHING;
-    WITH delivery AS (
-        INSERT INTO notification (id, client_id, channel, recipient, subject, message, metadata, status,
-                                  attempts, last_error, provider_message_id, priority, created_at, updated_at)
-        SELECT gen_random_uuid(), 0, 'status-webhooks', w.url, s.type, s.payload::text,
-               jsonb_build_object('event_id', s.id, 'endpoint_id', w.id, 'client_id', s.client_id,
-                                  'signing_secret', w.secret),
-               'queued', 0, '', '', 1, statement_timestamp(), statement_timestamp()
+    WITH subscribed AS (
+        SELECT s.id AS event_id, s.client_id, s.type, s.payload, w.id AS endpoint_id, w.url, w.secret
         FROM status_event s JOIN webhook_endpoint w ON w.client_id = s.client_id AND s.type = ANY(w.event_types)
         WHERE s.id = ANY(events)
+    ), owner AS (
+        INSERT INTO api_client (id, name, created_at)
+        SELECT 0, '(status webhooks)', statement_timestamp() WHERE EXISTS (SELECT 1 FROM subscribed)
+        ON CONFLICT DO NOTHING
+    ), delivery AS (
+        INSERT INTO notification (id, client_id, channel, recipient, subject, message, metadata, status,
+                                  attempts, last_error, provider_message_id, priority, created_at, updated_at)
+        SELECT gen_random_uuid(), 0, 'status-webhooks', url, type, payload::text,
+               jsonb_build_object('event_id', event_id, 'endpoint_id', endpoint_id, 'client_id', client_id,
+                                  'signing_secret', secret),
+               'queued', 0, '', '', 1, statement_timestamp(), statement_timestamp()
+        FROM subscribed
         RETURNING id, metadata, created_at
     ), first_event AS (
         INSERT INTO notification_event (notification_id, status, attempt, error, provider_message_id,
                                         dispatcher, note, created_at)
         SELECT id, 'queued', 0, '', '', '', 'status event ' || (metadata ->> 'event_id'), created_at
         FROM delivery
+    ), queued AS (
+        INSERT INTO outbox (notification_id, channel, priority, run_at, attempts, sending)
+        SELECT id, 'status-webhooks', 1, created_at, 0, false FROM delivery
+        RETURNING 1
     )
-    INSERT INTO outbox (notification_id, channel, priority, run_at, attempts, sending)
-    SELECT id, 'status-webhooks', 1, created_at, 0, false FROM delivery;
-    PERFORM pg_notify('outbox', '');
+    SELECT count(*) INTO queued_count FROM queued;
+    IF queued_count > 0 THEN
+        PERFORM pg_notify('outbox', '');
+    END IF;
+END
+$$;
+
+-- Accepted (queued, scheduled) or suppressed: the first event of each new notification.
+CREATE FUNCTION notification_accepted() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    events uuid[];
+BEGIN
+    WITH stored AS (
+        INSERT INTO status_event (id, client_id, notification_id, sequence, type, payload, created_at)
+        SELECT e.id, n.client_id, n.id, 1, e.type,
+               status_event_payload(e.id, e.type, 1, n.id, n.channel, n.recipient, n.status, n.attempts,
+                                    n.last_error, n.provider_message_id),
+               statement_timestamp()
+        FROM new_rows n
+        CROSS JOIN LATERAL (SELECT gen_random_uuid() AS id,
+                                   CASE WHEN n.status IN ('queued', 'scheduled') THEN 'accepted' ELSE n.status END AS type) e
+        WHERE n.reports_status
+        RETURNING id
+    )
+    SELECT array_agg(id) INTO events FROM stored;
+    IF events IS NOT NULL THEN
+        PERFORM queue_status_webhooks(events);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- A status change of one notification (the trigger's WHEN has chosen it).
+CREATE FUNCTION notification_status_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    event_id uuid := gen_random_uuid();
+    event_type text := CASE WHEN NEW.status IN ('queued', 'scheduled') THEN 'accepted' ELSE NEW.status END;
+    next_sequence int;
+BEGIN
+    SELECT coalesce(max(sequence), 0) + 1 INTO next_sequence FROM status_event WHERE notification_id = NEW.id;
+    INSERT INTO status_event (id, client_id, notification_id, sequence, type, payload, created_at)
+    VALUES (event_id, NEW.client_id, NEW.id, next_sequence, event_type,
+            status_event_payload(event_id, event_type, next_sequence, NEW.id, NEW.channel, NEW.recipient, NEW.status,
+                                 NEW.attempts, NEW.last_error, NEW.provider_message_id),
+            statement_timestamp());
+    PERFORM queue_status_webhooks(ARRAY[event_id]);
     RETURN NULL;
 END
 $$;
 
 CREATE TRIGGER notification_accepted AFTER INSERT ON notification
     REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION notification_status_event();
-CREATE TRIGGER notification_status_changed AFTER UPDATE ON notification
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION notification_status_event();
+    FOR EACH STATEMENT EXECUTE FUNCTION notification_accepted();
+CREATE TRIGGER notification_status_changed AFTER UPDATE OF status ON notification
+    FOR EACH ROW
+    WHEN (NEW.reports_status AND OLD.status IS DISTINCT FROM NEW.status
+          AND NEW.status IN ('queued', 'scheduled', 'sent', 'delivered', 'undelivered', 'failed',
+                             'suppressed', 'cancelled', 'expired'))
+    EXECUTE FUNCTION notification_status_changed();
 """
 
 DROP_STATUS_EVENT_FUNCTION = """
 DROP TRIGGER notification_status_changed ON notification;
 DROP TRIGGER notification_accepted ON notification;
-DROP FUNCTION notification_status_event();
+DROP FUNCTION notification_status_changed();
+DROP FUNCTION notification_accepted();
+DROP FUNCTION queue_status_webhooks(uuid[]);
 DROP FUNCTION status_event_payload(uuid, text, int, uuid, text, text, text, int, text, text);
 """
 
@@ -252,6 +273,11 @@ class Migration(migrations.Migration):
         migrations.AddIndex(
             model_name='webhookendpoint',
             index=models.Index(fields=['client'], name='webhook_endpoint_client_idx'),
+        ),
+        migrations.AddField(
+            model_name='notification',
+            name='reports_status',
+            field=models.BooleanField(db_default=False, default=False),
         ),
         migrations.RunSQL(STATUS_EVENT_FUNCTION, DROP_STATUS_EVENT_FUNCTION),
     ]
