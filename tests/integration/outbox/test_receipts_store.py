@@ -117,3 +117,15 @@ def test_a_client_without_a_webhook_endpoint_gets_no_status_events(db):
     assert status_of(nid) == "sent"
     assert not StatusEvent.objects.exists()
     assert not Notification.objects.filter(client_id=0).exists()
+
+
+def test_notifications_accepted_before_the_first_endpoint_report_nothing_later(db):
+    before = enqueue_one("fake", "a@example.com", "before")
+    WebhookEndpoint.objects.create(client=tenant(), url="https://hooks.example.com/a",
+                                   event_types=list(WebhookEndpoint.EVENT_TYPES), secret="whsec_x")
+    sent(before, "P-1")
+    after = enqueue_one("fake", "b@example.com", "after")
+    sent(after, "P-2")
+    assert not StatusEvent.objects.filter(notification_id=before).exists()
+    assert list(StatusEvent.objects.filter(notification_id=after).order_by("sequence").values_list("type", flat=True)) \
+        == ["accepted", "sent"]
