@@ -40,10 +40,10 @@ logger = logging.getLogger("channels.slack")
 SLACK_API_URL = "https://slack.com/api/"
 _SLACK_CODE = re.compile(r"^[a-z0-9_]+$")
 
-# Slack's error codes for chat.postMessage (https://api.slack.com/methods/chat.postMessage
-# and the Web API's common errors), in Slack's words.
 # The recipient (a channel) is gone for good: it joins the client's suppression list.
 GONE_CHANNEL_ERRORS = {"channel_not_found", "is_archived"}
+# Slack's error codes for chat.postMessage (https://api.slack.com/methods/chat.postMessage
+# and the Web API's common errors), in Slack's words.
 PERMANENT_ERRORS = {
     "channel_not_found": "Value passed for channel was invalid.",
     "not_in_channel": "Cannot post user messages to a channel they are not in.",

@@ -33,8 +33,9 @@ undelivered, with ErrorCode; any other status is history only. ErrorCode 21610 s
 from __future__ import annotations
 
 import logging
+import re
 import threading
-from typing import Any
+from typing import Any, Mapping
 
 try:
     from twilio.base.exceptions import TwilioRestException, TwilioServiceException
@@ -43,9 +44,6 @@ try:
     from twilio.rest import Client
 except ImportError as exc:  # the registry reports this by channel name
     raise ImportError(f"the Twilio SMS channel needs the twilio package (pip install twilio): {exc}") from exc
-
-import re
-from typing import Mapping
 
 from .. import receipts
 from ..base import Channel, Message
