@@ -61,6 +61,7 @@ class Message:
     body: str
     subject: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    html: str = ""  # an HTML alternative of the body, for channels that send one (email)
     notification_id: str = ""
     attempt: int = 1
 

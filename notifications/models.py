@@ -99,6 +99,13 @@ class Notification(models.Model):
     priority = models.SmallIntegerField(choices=Priority.choices, default=Priority.NORMAL)
     send_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
+    # Rendered from a template (notifications.message_templates): its HTML part (email), and
+    # the template's name, version and the locale of the variant used. What was rendered is
+    # stored here at acceptance, so the history shows what was sent whatever the template becomes.
+    html = models.TextField(blank=True, default="", db_default="")
+    template = models.CharField(max_length=100, blank=True, default="", db_default="")
+    template_version = models.PositiveIntegerField(null=True, blank=True)
+    locale = models.CharField(max_length=35, blank=True, default="", db_default="")
     # Whether its status changes become status events for its client's webhooks: its client had
     # a webhook endpoint when it was accepted (the triggers of migration 0004).
     reports_status = models.BooleanField(default=False, db_default=False)
@@ -269,3 +276,43 @@ class WebhookEndpoint(models.Model):
 
     def __str__(self) -> str:
         return f"{self.url} ({self.client})"
+
+
+class MessageTemplate(models.Model):
+    """A client's named template: one notification type, rendered per channel
+    (notifications.message_templates). Every change is a new version; deleting archives it
+    (notifications that used it keep what was rendered)."""
+
+    client = models.ForeignKey(ApiClient, on_delete=models.CASCADE, related_name="+")
+    name = models.CharField(max_length=100)
+    current_version = models.PositiveIntegerField(default=1)
+    created_at = models.DateTimeField(db_default=models.functions.Now())
+    updated_at = models.DateTimeField(db_default=models.functions.Now())
+    archived_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "message_template"
+        constraints = [models.UniqueConstraint(fields=["client", "name"], name="message_template_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.name} v{self.current_version} ({self.client})"
+
+
+class MessageTemplateVersion(models.Model):
+    """One version of a template, as saved: never changed afterwards."""
+
+    template = models.ForeignKey(MessageTemplate, on_delete=models.CASCADE, related_name="versions")
+    version = models.PositiveIntegerField()
+    locale = models.CharField(max_length=35)  # the locale of `variants`, the default
+    variants = models.JSONField()  # {kind or channel name: {"subject", "text", "html"}}
+    translations = models.JSONField(default=dict, blank=True)  # {locale: variants}
+    sample_data = models.JSONField(null=True, blank=True)  # checked against when saved
+    created_at = models.DateTimeField(db_default=models.functions.Now())
+
+    class Meta:
+        db_table = "message_template_version"
+        constraints = [models.UniqueConstraint(fields=["template", "version"], name="message_template_version_unique")]
+        ordering = ["template", "version"]
+
+    def __str__(self) -> str:
+        return f"{self.template.name} v{self.version}"

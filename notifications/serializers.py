@@ -101,8 +101,8 @@ class NotificationRequestSerializer(serializers.Serializer):
 
     channel = StrictCharField(max_length=100)
     to = StrictCharField(max_length=512)
-    message = StrictCharField(trim_whitespace=False)
-    subject = StrictCharField(required=False, allow_blank=True, max_length=998, default="", trim_whitespace=False)
+    message = StrictCharField(required=False, trim_whitespace=False)
+    subject = StrictCharField(required=False, allow_blank=True, max_length=998, trim_whitespace=False)
     metadata = serializers.DictField(required=False, default=dict)
     priority = serializers.ChoiceField(
         choices=[label for _, label in Priority.choices], required=False, default="normal",
@@ -114,6 +114,13 @@ class NotificationRequestSerializer(serializers.Serializer):
     ignore_suppression = StrictBooleanField(
         required=False, default=False,
         help_text="Send even if the recipient is on your suppression list (an opt-out, a hard bounce).")
+    template = StrictCharField(required=False, max_length=100,
+                               help_text="A template of yours (POST /api/v1/templates), instead of subject and message.")
+    template_version = serializers.IntegerField(required=False, min_value=1,
+                                                help_text="The version to render; the current one if left out.")
+    locale = StrictCharField(required=False, max_length=35,
+                             help_text="The template's locale to use (de-AT, then de, then the template's default).")
+    data = serializers.DictField(required=False, help_text="The template's variables.")
 
     def to_internal_value(self, data):
         if not isinstance(data, dict):
@@ -125,12 +132,14 @@ class NotificationRequestSerializer(serializers.Serializer):
                 if name in data and data[name] != data[alias]:
                     errors[alias] = [f"Conflicts with {name!r}; send only one of them."]
                 data[name] = data.pop(alias)
-        expected = "channel (or type), to, message, subject, metadata, priority, send_at, expires_at, ignore_suppression"
+        expected = ("channel (or type), to, message, subject, metadata, priority, send_at, expires_at, "
+                    "ignore_suppression, template, template_version, locale, data")
         for name in sorted(set(data) - set(self.fields)):
             errors[_writable(name)] = [f"Unknown field. Expected: {expected}."]
             del data[name]
         if isinstance(data.get("message"), str) and not data["message"].strip():
             errors["message"] = ["This field may not be blank."]
+        errors = {**_content_source_errors(data), **errors}
         try:
             value = super().to_internal_value(data)
         except serializers.ValidationError as exc:
@@ -174,9 +183,16 @@ class NotificationRequestSerializer(serializers.Serializer):
             raise serializers.ValidationError({"expires_at": ["Must be later than send_at."]})
         attrs["priority"] = Priority[attrs["priority"].upper()].value
         try:
-            return services.notification_validate(**attrs)
+            return services.notification_validate(**attrs, client_id=getattr(self.context.get("client"), "pk", None),
+                                                  template_versions=self.context.get("template_versions"))
         except InvalidNotification as exc:
             raise validation_error(exc) from None
+
+    def validate_data(self, value: dict) -> dict:
+        problem = _jsonb_problem(value)
+        if problem:
+            raise serializers.ValidationError(problem)
+        return value
 
     def validate_channel(self, value: str) -> str:
         """The service's channel check (services.channel_get), run with the other fields' own
@@ -200,6 +216,18 @@ class QueryParameters(serializers.Serializer):
         if unknown:
             raise serializers.ValidationError({name: [f"Unknown query parameter. Expected: {', '.join(self.fields)}."] for name in unknown})
         return super().to_internal_value(data)
+
+
+def _content_source_errors(data: dict) -> dict[str, list[str]]:
+    """Either message (with an optional subject) or a template (with data, and optionally its
+    version and locale), not both: the errors of a request's fields, by name."""
+    if "template" in data:
+        return {name: ["Give either message and subject, or template and data."]
+                for name in ("message", "subject") if name in data}
+    errors = {name: ["Only with a template."] for name in ("data", "template_version", "locale") if name in data}
+    if "message" not in data:
+        errors["message"] = ["This field is required (or give a template)."]
+    return errors
 
 
 class NotificationListQuerySerializer(QueryParameters):
@@ -253,6 +281,10 @@ class NotificationSerializer(AnswerSerializer):
     to = serializers.CharField(source="recipient")
     subject = serializers.CharField()
     message = serializers.CharField()
+    html = serializers.CharField(help_text="The HTML part (email), rendered from a template; empty otherwise.")
+    template = serializers.CharField(help_text="The template it was rendered from, or empty.")
+    template_version = serializers.IntegerField(allow_null=True)
+    locale = serializers.CharField(help_text="The locale of the template variant used, or empty.")
     metadata = serializers.DictField()
     priority = serializers.ChoiceField(choices=[label for _, label in Priority.choices], source="get_priority_display")
     send_at = serializers.DateTimeField(allow_null=True)

@@ -21,9 +21,10 @@ from django.db import transaction
 from channels.base import Channel, Message
 from channels.errors import InvalidMessage
 from channels.registry import STATUS_WEBHOOKS_CHANNEL, all_channels
+from channels.validation import has_line_break
 from outbox import store
 
-from . import metrics
+from . import metrics, template_store
 from .errors import IdempotencyKeyReused, InvalidNotification, NotificationNotFound, StatusConflict
 from .ids import new_notification_id
 from .models import ApiClient, Notification, Status
@@ -45,26 +46,64 @@ def channel_get(*, name: str) -> Channel:
     return backend
 
 
-def notification_validate(*, channel: str, to: str, message: str, subject: str = "",
+def notification_validate(*, channel: str, to: str, message: str = "", subject: str = "",
                           metadata: dict | None = None, priority: int = 1, send_at=None,
-                          expires_at=None, ignore_suppression: bool = False) -> store.NewNotification:
+                          expires_at=None, ignore_suppression: bool = False, template: str | None = None,
+                          template_version: int | None = None, locale: str | None = None,
+                          data: dict | None = None, client_id: int | None = None,
+                          template_versions: dict | None = None) -> store.NewNotification:
     """Check a notification against its channel; return it normalised, ready to enqueue
     (to a recipient on the client's suppression list, it will be `suppressed` unless
     `ignore_suppression`).
+
+    With a `template` (of client `client_id`), its subject, text and HTML are rendered here,
+    for this channel, with `data`, and stored as they are (with the template's name and
+    version); `template_versions`, if given, caches the versions found for one request.
 
     Raises InvalidNotification naming the field: an unknown channel (see channel_get), or a
     recipient or content the channel refuses.
     """
     backend = channel_get(name=channel)
+    html, version = "", None
+    if template is not None:
+        version = _template_version(client_id, template, template_version, template_versions)
+        rendered = template_store.render_for(version, channel=channel, kind=backend.kind, locale=locale, data=data or {})
+        subject, message, html, locale = rendered.subject, rendered.text, rendered.html, rendered.locale
+        if not message.strip() or has_line_break(subject):
+            problem = "an empty text" if not message.strip() else "a subject with a line break"
+            raise InvalidNotification("template", f"template {template!r} v{version.version} renders {problem} "
+                                                  f"for channel {channel!r}")
     try:
-        checked = backend.validate(Message(recipient=to, body=message, subject=subject, metadata=metadata or {}))
+        checked = backend.validate(Message(recipient=to, body=message, subject=subject, metadata=metadata or {},
+                                           html=html))
     except InvalidMessage as exc:
+        if version is not None and exc.field in ("message", "subject"):
+            raise InvalidNotification("template", f"template {template!r} v{version.version} rendered for channel "
+                                                  f"{channel!r}: {exc.field}: {exc.message}") from None
         raise InvalidNotification(exc.field, exc.message) from None
     return store.NewNotification(
         id=new_notification_id(), channel=channel, recipient=checked.recipient, subject=checked.subject,
         message=checked.body, metadata=checked.metadata, priority=priority, send_at=send_at,
-        expires_at=expires_at, kind=backend.kind, ignore_suppression=ignore_suppression,
+        expires_at=expires_at, kind=backend.kind, ignore_suppression=ignore_suppression, html=html,
+        template=template or "", template_version=version.version if version else None,
+        locale=(locale or "") if version else "",
     )
+
+
+def _template_version(client_id: int | None, name: str, version: int | None, cache: dict | None):
+    """The template version to render (one query, once per request with `cache`)."""
+    if client_id is None:
+        raise InvalidNotification("template", "Templates need an API client.")
+    key = (name, version)
+    if cache is not None and key in cache:
+        return cache[key]
+    try:
+        found = template_store.template_version_get(client_id=client_id, name=name, version=version)
+    except template_store.TemplateNotFound as exc:
+        raise InvalidNotification("template", exc.message) from None
+    if cache is not None:
+        cache[key] = found
+    return found
 
 
 def request_fingerprint(endpoint: str, body: Any) -> str:
@@ -111,7 +150,8 @@ def as_notification(new: store.NewNotification, written: store.Enqueued, client:
     return Notification(
         id=new.id, client=client, channel=new.channel, recipient=new.recipient, subject=new.subject,
         message=new.message, metadata=new.metadata or {}, status=written.status, attempts=0,
-        last_error=written.last_error,
+        last_error=written.last_error, html=new.html, template=new.template,
+        template_version=new.template_version, locale=new.locale,
         priority=new.priority, send_at=new.send_at, expires_at=new.expires_at,
         created_at=written.created_at, updated_at=written.created_at,
     )

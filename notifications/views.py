@@ -119,6 +119,12 @@ def _create(request, endpoint: str, notifications: list) -> tuple[list, bool]:
     )
 
 
+def _intake_context(request) -> dict:
+    """What the intake's validation needs beyond the body: the client (its templates), and a
+    cache of the template versions a batch renders."""
+    return {"client": request.user, "template_versions": {}}
+
+
 def _replayed_headers(replayed: bool) -> dict[str, str]:
     return {"Idempotent-Replayed": "true"} if replayed else {}
 
@@ -142,7 +148,7 @@ class NotificationListView(APIView):
         examples=[*SINGLE_EXAMPLES, ERROR_EXAMPLE],
     )
     def post(self, request):
-        serializer = NotificationRequestSerializer(data=request.data)
+        serializer = NotificationRequestSerializer(data=request.data, context=_intake_context(request))
         serializer.is_valid(raise_exception=True)
         new = serializer.validated_data
         (written,), replayed = _create(request, "notifications", [new])
@@ -191,7 +197,7 @@ class NotificationBatchView(APIView):
         ],
     )
     def post(self, request):
-        serializer = BatchRequestSerializer(data=request.data)
+        serializer = BatchRequestSerializer(data=request.data, context=_intake_context(request))
         serializer.is_valid(raise_exception=True)
         written, replayed = _create(request, "notifications/batch", serializer.validated_data)
         return Response(

@@ -34,21 +34,23 @@ WITH input AS (
     FROM unnest(%(ids)s::uuid[], %(channels)s::text[], %(recipients)s::text[],
                 %(subjects)s::text[], %(messages)s::text[], %(metadata)s::jsonb[],
                 %(priorities)s::smallint[], %(send_ats)s::timestamptz[],
-                %(expires_ats)s::timestamptz[], %(kinds)s::text[], %(ignore_suppressions)s::bool[])
+                %(expires_ats)s::timestamptz[], %(kinds)s::text[], %(ignore_suppressions)s::bool[],
+                %(htmls)s::text[], %(templates)s::text[], %(template_versions)s::int[], %(locales)s::text[])
          AS t(id, channel, recipient, subject, message, metadata, priority, send_at, expires_at, kind,
-              ignore_suppression)
+              ignore_suppression, html, template, template_version, locale)
     LEFT JOIN suppression s
            ON NOT t.ignore_suppression AND s.client_id = %(client_id)s AND s.kind = t.kind AND s.recipient = t.recipient
 ), new_notification AS (
     INSERT INTO notification (id, client_id, channel, recipient, subject, message, metadata,
                               status, attempts, last_error, provider_message_id,
-                              priority, send_at, expires_at, reports_status)
+                              priority, send_at, expires_at, reports_status, html, template, template_version, locale)
     SELECT id, %(client_id)s, channel, recipient, subject, message, metadata,
            CASE WHEN suppressed_for IS NOT NULL THEN 'suppressed'
                 WHEN send_at > statement_timestamp() THEN 'scheduled' ELSE 'queued' END,
            0, CASE WHEN suppressed_for IS NOT NULL THEN 'recipient suppressed: ' || suppressed_for ELSE '' END,
            '', priority, send_at, expires_at,
-           EXISTS (SELECT 1 FROM webhook_endpoint WHERE client_id = %(client_id)s)
+           EXISTS (SELECT 1 FROM webhook_endpoint WHERE client_id = %(client_id)s),
+           html, template, template_version, locale
     FROM input
     RETURNING id, channel, recipient, status, priority, send_at, created_at, last_error
 ), first_event AS (
@@ -280,7 +282,7 @@ WITH policy AS (
 SELECT leased.id AS outbox_id, n.id, n.channel, n.recipient, n.subject, n.message, n.metadata,
        leased.attempts + 1 AS attempt, n.expires_at,
        coalesce((SELECT probing FROM charge WHERE charge.channel = n.channel), false) AS probe,
-       leased.origin, leased.moved_at_attempt
+       leased.origin, leased.moved_at_attempt, n.html
 FROM leased JOIN notification n ON n.id = leased.notification_id
 """
 

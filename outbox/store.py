@@ -44,6 +44,10 @@ class NewNotification:
     expires_at: datetime | None = None
     kind: str = ""  # its channel's kind, for the suppression list
     ignore_suppression: bool = False  # send even if the recipient is suppressed
+    html: str = ""  # rendered from a template: the HTML part, and the template it came from
+    template: str = ""
+    template_version: int | None = None
+    locale: str = ""
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,10 @@ def enqueue(notifications: Sequence[NewNotification], *, client_id: int) -> list
         "expires_ats": [n.expires_at for n in notifications],
         "kinds": [n.kind for n in notifications],
         "ignore_suppressions": [n.ignore_suppression for n in notifications],
+        "htmls": [n.html for n in notifications],
+        "templates": [n.template for n in notifications],
+        "template_versions": [n.template_version for n in notifications],
+        "locales": [n.locale for n in notifications],
         "notify": _notify_debounce.allow(),
     }
     with connection.cursor() as cursor:
@@ -190,7 +198,7 @@ def claim(*, dispatcher: str, limit: int, lease_seconds: float, channels: Iterab
             lease_token=token,
             channel=channel,
             # A raw cursor returns jsonb as text (Django decodes it only for model fields).
-            message=Message(recipient=recipient, body=body, subject=subject,
+            message=Message(recipient=recipient, body=body, subject=subject, html=html,
                             metadata=json.loads(metadata) if isinstance(metadata, str) else (metadata or {}),
                             notification_id=str(notification_id), attempt=attempt),
             attempt=attempt,
@@ -200,7 +208,7 @@ def claim(*, dispatcher: str, limit: int, lease_seconds: float, channels: Iterab
             moved_at_attempt=moved_at_attempt,
         )
         for (outbox_id, notification_id, channel, recipient, subject, body, metadata, attempt, _, probe,
-             origin, moved_at_attempt) in rows
+             origin, moved_at_attempt, html) in rows
     ]
 
 

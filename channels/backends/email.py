@@ -52,7 +52,7 @@ from typing import Any
 
 import requests
 from django.core.exceptions import ImproperlyConfigured
-from django.core.mail import EmailMessage
+from django.core.mail import EmailMessage, EmailMultiAlternatives
 from django.core.mail.backends.base import BaseEmailBackend
 from django.core.mail.backends.smtp import EmailBackend as SMTPBackend
 from django.utils.module_loading import import_string
@@ -191,7 +191,8 @@ class EmailChannel(Channel):
             # Our own Message-ID, so that we know it (it is the SMTP send's message id) and
             # so that Django need not look up this host's FQDN for one.
             headers["Message-ID"] = make_msgid(domain=self._message_id_domain)
-        return EmailMessage(
+        # Text and HTML as multipart/alternative (every Anymail ESP takes it as text and html).
+        email = EmailMultiAlternatives(
             subject=message.subject,
             body=message.body,
             from_email=from_email,
@@ -199,6 +200,9 @@ class EmailChannel(Channel):
             headers=headers,
             connection=connection,
         )
+        if message.html:
+            email.attach_alternative(message.html, "text/html")
+        return email
 
     # --- failures: every provider's answer mapped in one place --------------------------------
 

@@ -1,0 +1,157 @@
+"""A client's message templates in the database: saving versions, finding the one to render.
+
+The rules of a template's content and its rendering are notifications.message_templates';
+here are the rows: a MessageTemplate per (client, name), a MessageTemplateVersion per save.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.db.models.functions import Now
+
+from channels.registry import all_channels
+
+from . import message_templates
+from .errors import InvalidNotification, NotificationError
+from .models import ApiClient, MessageTemplate, MessageTemplateVersion
+
+NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
+LOCALE = re.compile(r"^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$")  # BCP 47: en, de-AT, zh-Hant-TW
+
+
+class TemplateNotFound(NotificationError):
+    """No such template (or version) for this client, or it is archived."""
+
+
+class TemplateExists(NotificationError):
+    """A template of that name exists already (PUT changes it)."""
+
+
+@dataclass(frozen=True)
+class TemplateContent:
+    """What a client saves: the default locale's variants, other locales' translations, and
+    optional sample data that every variant must render with."""
+
+    locale: str
+    variants: dict[str, Any]
+    translations: dict[str, Any]
+    sample_data: dict[str, Any] | None = None
+
+
+def check_content(content: TemplateContent) -> None:
+    """Raise InvalidNotification naming the field of the first problem: a bad locale, a
+    variant that does not parse, and, with sample data, one that does not render with it or
+    renders past its channels' limits."""
+    if not isinstance(content.locale, str) or not LOCALE.match(content.locale):
+        raise InvalidNotification("locale", "Must be a language tag such as en, de or de-AT.")
+    try:
+        message_templates.check_variants(content.variants)
+        if not isinstance(content.translations, dict):
+            raise message_templates.TemplateProblem("translations", "must be an object of locales to variants")
+        for locale, variants in content.translations.items():
+            if not LOCALE.match(locale):
+                raise message_templates.TemplateProblem(f"translations.{locale}", "is not a language tag")
+            message_templates.check_variants(variants, f"translations.{locale}")
+    except message_templates.TemplateProblem as exc:
+        raise InvalidNotification(exc.where.split(".", 1)[0], str(exc)) from None
+    if content.sample_data is not None:
+        _check_sample(content)
+
+
+def _check_sample(content: TemplateContent) -> None:
+    """Every variant rendered with the sample, and checked by each configured channel it
+    would be used for (its kind's limits)."""
+    by_locale = {content.locale: content.variants, **content.translations}
+    channels = all_channels()
+    for locale, variants in by_locale.items():
+        where = "variants" if locale == content.locale else f"translations.{locale}"
+        for key, variant in variants.items():
+            try:
+                fields = message_templates.render_variant(variant, content.sample_data, where=f"{where}.{key}")
+            except message_templates.TemplateProblem as exc:
+                raise InvalidNotification("sample_data", str(exc)) from None
+            for channel in channels.values():
+                if key in (channel.name, channel.kind):
+                    _check_by_channel(channel, fields, place=f"{where}.{key}")
+
+
+def _check_by_channel(channel, fields: dict[str, str], *, place: str) -> None:
+    """The channel's published limits (GET /api/v1/channels: message_max_chars, subject_max_chars)."""
+    limits = channel.describe().get("limits") or {}
+    for field, limit_key in (("text", "message_max_chars"), ("subject", "subject_max_chars")):
+        limit = limits.get(limit_key)
+        if limit is not None and len(fields[field]) > limit:
+            raise InvalidNotification("sample_data", f"{place}.{field} rendered with the sample is {len(fields[field]):,} "
+                                                     f"characters; channel {channel.name!r} takes at most {limit:,}")
+
+
+def template_create(*, client: ApiClient, name: str, content: TemplateContent) -> MessageTemplateVersion:
+    """A new template, at version 1. Raises InvalidNotification or TemplateExists."""
+    if not isinstance(name, str) or not NAME.match(name):
+        raise InvalidNotification("name", "Must be 1 to 100 lower-case letters, digits, '.', '_' or '-', "
+                                          "starting with a letter or digit.")
+    check_content(content)
+    try:
+        with transaction.atomic():
+            template = MessageTemplate.objects.create(client=client, name=name, current_version=1)
+            return _save_version(template, 1, content)
+    except IntegrityError:
+        raise TemplateExists(f"A template named {name!r} exists already; PUT to change it.") from None
+
+
+def template_update(*, client: ApiClient, name: str, content: TemplateContent) -> MessageTemplateVersion:
+    """A new version of a template (an archived one comes back). Raises TemplateNotFound or
+    InvalidNotification."""
+    check_content(content)
+    with transaction.atomic():
+        template = MessageTemplate.objects.select_for_update().filter(client=client, name=name).first()
+        if template is None:
+            raise TemplateNotFound(f"No template {name!r}.")
+        MessageTemplate.objects.filter(pk=template.pk).update(
+            current_version=F("current_version") + 1, updated_at=Now(), archived_at=None)
+        template.refresh_from_db()
+        return _save_version(template, template.current_version, content)
+
+
+def template_archive(*, client: ApiClient, name: str) -> None:
+    """Archive a template: no new notification may use it; existing ones keep their content."""
+    if not MessageTemplate.objects.filter(client=client, name=name, archived_at__isnull=True).update(archived_at=Now()):
+        raise TemplateNotFound(f"No template {name!r}.")
+
+
+def template_version_get(*, client_id: int, name: str, version: int | None = None) -> MessageTemplateVersion:
+    """The version to render: `version`, or the current one; of a template not archived.
+    One query. Raises TemplateNotFound."""
+    found = (MessageTemplateVersion.objects.select_related("template")
+             .filter(template__client_id=client_id, template__name=name, template__archived_at__isnull=True))
+    found = found.filter(version=version) if version is not None else found.filter(version=F("template__current_version"))
+    row = found.first()
+    if row is None:
+        what = f"version {version} of template {name!r}" if version is not None else f"template {name!r}"
+        raise TemplateNotFound(f"No {what} (or it is archived).")
+    return row
+
+
+def _save_version(template: MessageTemplate, number: int, content: TemplateContent) -> MessageTemplateVersion:
+    return MessageTemplateVersion.objects.create(
+        template=template, version=number, locale=content.locale, variants=content.variants,
+        translations=content.translations, sample_data=content.sample_data,
+    )
+
+
+def render_for(version: MessageTemplateVersion, *, channel: str, kind: str, locale: str | None,
+               data: dict[str, Any]) -> message_templates.Rendered:
+    """A version rendered for a notification. Raises InvalidNotification: "data" for a missing
+    variable, "template" for anything else the template cannot do."""
+    try:
+        return message_templates.render(variants=version.variants, translations=version.translations,
+                                        default_locale=version.locale, locale=locale, channel=channel, kind=kind,
+                                        data=data)
+    except message_templates.TemplateProblem as exc:
+        field = "data" if "is undefined" in exc.message else "template"
+        raise InvalidNotification(field, f"template {version.template.name!r} v{version.version}: {exc}") from None
