@@ -62,9 +62,9 @@ def as_api_exception(exc: errors.NotificationError) -> exceptions.APIException |
     a domain error without an answer (it then fails the request as any bug does: 500)."""
     if isinstance(exc, errors.InvalidNotification):
         return validation_error(exc)
-    if isinstance(exc, errors.NotificationNotFound):
+    if isinstance(exc, (errors.NotificationNotFound, errors.TemplateNotFound)):
         return exceptions.NotFound(exc.message)
-    if isinstance(exc, errors.StatusConflict):
+    if isinstance(exc, (errors.StatusConflict, errors.TemplateExists)):
         return Conflict(exc.message)
     if isinstance(exc, errors.IdempotencyKeyReused):
         return IdempotencyKeyReused(exc.message)

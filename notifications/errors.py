@@ -43,6 +43,14 @@ class InvalidNotification(NotificationError):
         self.field = field
 
 
+class TemplateNotFound(NotificationError):
+    """No such template (or version) for this client, or it is archived."""
+
+
+class TemplateExists(NotificationError):
+    """A template of that name exists already (PUT changes it)."""
+
+
 class IdempotencyKeyReused(NotificationError):
     """An idempotency key already taken by a request with another body."""
 

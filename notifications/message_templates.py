@@ -210,6 +210,8 @@ def compile_field(where: str, field: str, source: Any):
         return _compiled(field == "html", source)
     except TemplateSyntaxError as exc:
         raise TemplateProblem(where, f"line {exc.lineno}: {exc.message}") from None
+    except (RecursionError, SyntaxError):  # Jinja's parser or Python's compiler, on deep nesting
+        raise TemplateProblem(where, "is nested too deeply") from None
 
 
 @functools.lru_cache(maxsize=1024)

@@ -53,7 +53,7 @@ class StrictBooleanField(serializers.BooleanField):
         return data
 
 
-def _writable(name: str) -> str:
+def writable(name: str) -> str:
     """A client's field name as an answer can repeat it (UTF-8): a lone surrogate, which no
     answer can encode, written as its escape (\\ud800)."""
     return name.encode("utf-8", "backslashreplace").decode("utf-8")
@@ -62,7 +62,7 @@ def _writable(name: str) -> str:
 METADATA_MAX_DEPTH = 32
 
 
-def _jsonb_problem(value) -> str | None:
+def jsonb_problem(value) -> str | None:
     """Why PostgreSQL's jsonb (or the JSON encoder before it) cannot store `value`, or None.
 
     jsonb refuses NUL (\\u0000), lone surrogates and non-finite numbers (1e999 parses as inf),
@@ -135,7 +135,7 @@ class NotificationRequestSerializer(serializers.Serializer):
         expected = ("channel (or type), to, message, subject, metadata, priority, send_at, expires_at, "
                     "ignore_suppression, template, template_version, locale, data")
         for name in sorted(set(data) - set(self.fields)):
-            errors[_writable(name)] = [f"Unknown field. Expected: {expected}."]
+            errors[writable(name)] = [f"Unknown field. Expected: {expected}."]
             del data[name]
         if isinstance(data.get("message"), str) and not data["message"].strip():
             errors["message"] = ["This field may not be blank."]
@@ -155,7 +155,7 @@ class NotificationRequestSerializer(serializers.Serializer):
         return value
 
     def validate_metadata(self, value: dict) -> dict:
-        problem = _jsonb_problem(value)
+        problem = jsonb_problem(value)
         if problem:
             raise serializers.ValidationError(problem)
         return value
@@ -189,7 +189,7 @@ class NotificationRequestSerializer(serializers.Serializer):
             raise validation_error(exc) from None
 
     def validate_data(self, value: dict) -> dict:
-        problem = _jsonb_problem(value)
+        problem = jsonb_problem(value)
         if problem:
             raise serializers.ValidationError(problem)
         return value
@@ -318,5 +318,5 @@ class BatchRequestSerializer(serializers.Serializer):
         if isinstance(data, dict):
             unknown = sorted(set(data) - set(self.fields))
             if unknown:
-                raise serializers.ValidationError({_writable(name): ["Unknown field. Expected: notifications."] for name in unknown})
+                raise serializers.ValidationError({writable(name): ["Unknown field. Expected: notifications."] for name in unknown})
         return super().to_internal_value(data)["notifications"]

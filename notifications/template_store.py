@@ -14,22 +14,17 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.db.models.functions import Now
 
+from channels.base import Channel
 from channels.registry import all_channels
+from channels.validation import has_line_break
 
 from . import message_templates
-from .errors import InvalidNotification, NotificationError
+from .errors import InvalidNotification, TemplateExists, TemplateNotFound
 from .models import ApiClient, MessageTemplate, MessageTemplateVersion
 
+# Used with fullmatch: with match, "$" also matches before a final newline ("en\n").
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 LOCALE = re.compile(r"^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$")  # BCP 47: en, de-AT, zh-Hant-TW
-
-
-class TemplateNotFound(NotificationError):
-    """No such template (or version) for this client, or it is archived."""
-
-
-class TemplateExists(NotificationError):
-    """A template of that name exists already (PUT changes it)."""
 
 
 @dataclass(frozen=True)
@@ -47,15 +42,18 @@ def check_content(content: TemplateContent) -> None:
     """Raise InvalidNotification naming the field of the first problem: a bad locale, a
     variant that does not parse, and, with sample data, one that does not render with it or
     renders past its channels' limits."""
-    if not isinstance(content.locale, str) or not LOCALE.match(content.locale):
+    if not isinstance(content.locale, str) or not LOCALE.fullmatch(content.locale):
         raise InvalidNotification("locale", "Must be a language tag such as en, de or de-AT.")
     try:
         message_templates.check_variants(content.variants)
         if not isinstance(content.translations, dict):
             raise message_templates.TemplateProblem("translations", "must be an object of locales to variants")
         for locale, variants in content.translations.items():
-            if not LOCALE.match(locale):
+            if not isinstance(locale, str) or not LOCALE.fullmatch(locale):
                 raise message_templates.TemplateProblem(f"translations.{locale}", "is not a language tag")
+            if locale == content.locale:  # it would hide `variants` when rendering
+                raise message_templates.TemplateProblem(f"translations.{locale}", "is the default locale: its "
+                                                                                  "variants go in variants")
             message_templates.check_variants(variants, f"translations.{locale}")
     except message_templates.TemplateProblem as exc:
         raise InvalidNotification(exc.where.split(".", 1)[0], str(exc)) from None
@@ -80,19 +78,21 @@ def _check_sample(content: TemplateContent) -> None:
                     _check_by_channel(channel, fields, place=f"{where}.{key}")
 
 
-def _check_by_channel(channel, fields: dict[str, str], *, place: str) -> None:
+def _check_by_channel(channel, fields: dict[str, str], *, place: str, error_field: str = "sample_data",
+                      rendered_with: str = "the sample") -> None:
     """The channel's published limits (GET /api/v1/channels: message_max_chars, subject_max_chars)."""
     limits = channel.describe().get("limits") or {}
     for field, limit_key in (("text", "message_max_chars"), ("subject", "subject_max_chars")):
         limit = limits.get(limit_key)
         if limit is not None and len(fields[field]) > limit:
-            raise InvalidNotification("sample_data", f"{place}.{field} rendered with the sample is {len(fields[field]):,} "
-                                                     f"characters; channel {channel.name!r} takes at most {limit:,}")
+            raise InvalidNotification(error_field, f"{place}.{field} rendered with {rendered_with} is "
+                                                   f"{len(fields[field]):,} characters; channel {channel.name!r} "
+                                                   f"takes at most {limit:,}")
 
 
 def template_create(*, client: ApiClient, name: str, content: TemplateContent) -> MessageTemplateVersion:
     """A new template, at version 1. Raises InvalidNotification or TemplateExists."""
-    if not isinstance(name, str) or not NAME.match(name):
+    if not isinstance(name, str) or not NAME.fullmatch(name):
         raise InvalidNotification("name", "Must be 1 to 100 lower-case letters, digits, '.', '_' or '-', "
                                           "starting with a letter or digit.")
     check_content(content)
@@ -144,14 +144,33 @@ def _save_version(template: MessageTemplate, number: int, content: TemplateConte
     )
 
 
-def render_for(version: MessageTemplateVersion, *, channel: str, kind: str, locale: str | None,
+def render_for(version: MessageTemplateVersion, *, channel: Channel, locale: str | None,
                data: dict[str, Any]) -> message_templates.Rendered:
-    """A version rendered for a notification. Raises InvalidNotification: "data" for a missing
-    variable, "template" for anything else the template cannot do."""
+    """A version rendered for a notification on `channel`, as the intake accepts it. Raises
+    InvalidNotification: "data" for a missing variable, "template" for anything else the
+    template cannot do, and for an empty text or a subject with a line break."""
+    where = f"template {version.template.name!r} v{version.version}"
     try:
-        return message_templates.render(variants=version.variants, translations=version.translations,
-                                        default_locale=version.locale, locale=locale, channel=channel, kind=kind,
-                                        data=data)
+        rendered = message_templates.render(variants=version.variants, translations=version.translations,
+                                            default_locale=version.locale, locale=locale, channel=channel.name,
+                                            kind=channel.kind, data=data)
     except message_templates.TemplateProblem as exc:
         field = "data" if "is undefined" in exc.message else "template"
-        raise InvalidNotification(field, f"template {version.template.name!r} v{version.version}: {exc}") from None
+        raise InvalidNotification(field, f"{where}: {exc}") from None
+    if not rendered.text.strip():
+        raise InvalidNotification("template", f"{where} renders an empty text for channel {channel.name!r}")
+    if has_line_break(rendered.subject):
+        raise InvalidNotification("template", f"{where} renders a subject with a line break for channel {channel.name!r}")
+    return rendered
+
+
+def template_preview(*, version: MessageTemplateVersion, channel: Channel, locale: str | None,
+                     data: dict[str, Any]) -> message_templates.Rendered:
+    """What `version` renders for `channel` with `data`, checked as the intake checks it (also
+    against the channel's limits); nothing is written or sent. The API's preview and the
+    admin's call it. Raises InvalidNotification as render_for does."""
+    rendered = render_for(version, channel=channel, locale=locale, data=data)
+    _check_by_channel(channel, {"text": rendered.text, "subject": rendered.subject}, error_field="template",
+                      place=f"template {version.template.name!r} v{version.version} {rendered.variant}",
+                      rendered_with="this data")
+    return rendered

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import stats_views, suppression_views, views, webhook_views
+from . import stats_views, suppression_views, template_views, views, webhook_views
 
 
 def both(route: str, view, name: str) -> list:
@@ -22,4 +22,10 @@ urlpatterns = [
     *both("webhook-endpoints", webhook_views.WebhookEndpointListView.as_view(), "webhook-endpoint-list"),
     *both("webhook-endpoints/<uuid:pk>", webhook_views.WebhookEndpointDetailView.as_view(), "webhook-endpoint-detail"),
     *both("events", webhook_views.EventListView.as_view(), "event-list"),
+    *both("templates", template_views.TemplateListView.as_view(), "template-list"),
+    *both("templates/<str:name>", template_views.TemplateDetailView.as_view(), "template-detail"),
+    *both("templates/<str:name>/versions", template_views.TemplateVersionListView.as_view(), "template-version-list"),
+    *both("templates/<str:name>/versions/<int:version>", template_views.TemplateVersionDetailView.as_view(),
+          "template-version-detail"),
+    *both("templates/<str:name>/preview", template_views.TemplatePreviewView.as_view(), "template-preview"),
 ]

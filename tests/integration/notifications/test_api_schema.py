@@ -44,7 +44,7 @@ def api_schema(db):
 schema = schemathesis.pytest.from_fixture("api_schema")
 
 
-@pytest.mark.slow  # about 10 s: 40 generated requests per operation
+@pytest.mark.slow  # about 20 s: 40 generated requests per operation (23 operations)
 @schema.parametrize()
 # derandomize: the same generated cases on every run, so that CI is reproducible.
 @settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
@@ -58,11 +58,11 @@ def test_generated_requests_get_no_5xx_and_conform_to_the_schema(case):
 # --- the schema's own examples ------------------------------------------------------------------
 
 
-def request_examples(path: str) -> dict[str, object]:
-    """The request examples of POST `path`, from the live schema, by name."""
+def request_examples(path: str, method: str = "post") -> dict[str, object]:
+    """The request examples of `method` `path`, from the live schema, by name, in their order."""
     schema = make_api_client().get("/api/schema/", {"format": "json"})
     assert schema.status_code == 200, schema.content
-    operation = schema.json()["paths"][path]["post"]
+    operation = schema.json()["paths"][path][method]
     return {name: example["value"] for name, example in operation["requestBody"]["content"]["application/json"]["examples"].items()}
 
 
@@ -77,3 +77,21 @@ def test_every_request_example_of_the_schema_is_accepted_as_it_is(db, path, acce
     for name, value in examples.items():
         response = client.post(path, value, format="json")
         assert response.status_code == accepted, (name, value, response.content)
+
+
+def test_the_template_examples_are_accepted_in_order(db):
+    """The templates' examples, sent in order: each creation (201), then each change of the
+    first template (200), then each preview of it (200)."""
+    creations = request_examples("/api/v1/templates")
+    changes = request_examples("/api/v1/templates/{name}", "put")
+    previews = request_examples("/api/v1/templates/{name}/preview")
+    assert len(creations) >= 2 and changes and len(previews) >= 2
+    client = make_api_client()
+    name = next(iter(creations.values()))["name"]
+    steps = [*(("post", "/api/v1/templates", example, 201) for example in creations.items()),
+             *(("put", f"/api/v1/templates/{name}", example, 200) for example in changes.items()),
+             *(("post", f"/api/v1/templates/{name}/preview", example, 200) for example in previews.items())]
+    for method, path, (example, value), answered in steps:
+        response = getattr(client, method)(path, value, format="json")
+        assert response.status_code == answered, (example, value, response.content)
+    assert client.get(f"/api/v1/templates/{name}").json()["version"] == 1 + len(changes)
