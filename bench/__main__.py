@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from . import dispatch, ingest, latency, pgbench, policy, procrastinate_ref, report
+from . import dispatch, ingest, latency, pgbench, policy, procrastinate_ref, report, templates
 from .config import (
     BENCH_PGDATA,
     DEFAULT_JSON,
@@ -38,7 +38,7 @@ from .config import (
 from .database import Server, run_lock
 from .servers import free_port, manage, service_env, start_gunicorn
 
-PHASES = ("ingest", "batch", "latency", "dispatch", "batch1", "slow", "procrastinate", "policy")
+PHASES = ("ingest", "template", "batch", "latency", "dispatch", "batch1", "slow", "procrastinate", "policy")
 
 
 class Run:
@@ -98,7 +98,11 @@ class Run:
             f'[channels.fake-100ms]\nbackend = "channels.backends.fake.FakeChannel"\n'
             f"options = {{ latency_ms = {SLOW_LATENCY_MS} }}\n\n"
             f'[channels.latency]\nbackend = "bench.latency_channel.LatencyChannel"\n'
-            f'options = {{ path = "{self.latency_log}" }}\n')
+            f'options = {{ path = "{self.latency_log}" }}\n\n'
+            # Email for ingest_template_vs_plain: only the intake uses it (validation, rendering).
+            f'[channels.{templates.CHANNEL}]\nbackend = "channels.backends.email.EmailChannel"\n'
+            'options = { from_email = "bench@example.com", '
+            'backend = "django.core.mail.backends.dummy.EmailBackend" }\n')
         self.env = service_env(self.url, self.channels_file)
         where = f"the embedded server {self.server.embedded_data_dir}" if self.server.embedded_data_dir else "DATABASE_URL"
         self.say(f"database {self.dbname} on {where}; migrating")
@@ -115,8 +119,8 @@ class Run:
     # --- intake ---------------------------------------------------------------------------------
 
     def intake(self) -> None:
-        """Everything that needs the API: single POSTs, batches, wake-up latency."""
-        if not self.phases & {"ingest", "batch", "latency"}:
+        """Everything that needs the API: single POSTs (plain, then templated), batches, wake-up latency."""
+        if not self.phases & {"ingest", "template", "batch", "latency"}:
             return
         self.port = free_port()
         self.say(f"gunicorn on 127.0.0.1:{self.port} ({GUNICORN_WORKERS} sync workers)")
@@ -125,6 +129,8 @@ class Run:
         try:
             if "ingest" in self.phases:
                 self.phase("ingest", self.ingest_single)
+            if "template" in self.phases:
+                self.phase("template", self.ingest_template)
             if "batch" in self.phases:
                 self.phase("batch", self.ingest_batch)
             if "latency" in self.phases:
@@ -162,6 +168,51 @@ class Run:
         self.details.update(ingest_single_tool=result.tool, ingest_single_requests=result.requests,
                             ingest_single_errors=result.errors, ingest_single_notifies=result.notifies,
                             ingest_single_gunicorn_workers=GUNICORN_WORKERS)
+
+    def ingest_template(self) -> None:
+        """ingest_template_vs_plain: the same single POSTs to an email channel, written out by the
+        client ("order") or rendered by the API from a template ("template": subject, text and
+        HTML). The two alternate, plain-templated-templated-plain, so that the drift of a shared
+        machine and of a growing table weighs on both alike; each rate is the mean of its two legs."""
+        s = self.sizes
+        name = templates.create(port=self.port, api_key=self.api_key)
+        bodies = {"plain": ingest.Body("order", templates.CHANNEL),
+                  "templated": ingest.Body("template", templates.CHANNEL, name)}
+        tool = "wrk" if self.use_wrk else "the Python load generator"
+        self.say(f"templated vs plain single POSTs to {templates.CHANNEL}: {tool}, {WRK_CONNECTIONS} connections, "
+                 f"{s.template_seconds}s each of plain, templated, templated, plain")
+        # Untimed: each gunicorn worker compiles the template at its first render (and, unless the
+        # ingest phase ran, loads its views at its first request).
+        for kind in ("templated",) if "ingest" in self.phases else ("plain", "templated"):
+            ingest.warm_up(port=self.port, api_key=self.api_key, seconds=max(1, s.wrk_warmup_seconds),
+                           connections=WRK_CONNECTIONS, log_dir=self.dir, use_wrk=self.use_wrk, body=bodies[kind])
+        legs: dict[str, list[ingest.SingleResult]] = {"plain": [], "templated": []}
+        spent: dict[str, list[tuple[float, float | None]]] = {kind: [] for kind in legs}  # CPU s: gunicorn, postgres
+        for kind in ("plain", "templated", "templated", "plain"):
+            api_start, pg_start = self.api.cpu_seconds(), self.server.cpu_seconds()
+            result = ingest.single(port=self.port, api_key=self.api_key, seconds=s.template_seconds,
+                                   connections=WRK_CONNECTIONS, log_dir=self.dir, use_wrk=self.use_wrk,
+                                   body=bodies[kind], log_name=f"wrk-{kind}-{len(legs[kind]) + 1}")
+            pg_end = self.server.cpu_seconds()  # None: the database's processes are not ours to see
+            spent[kind].append((self.api.cpu_seconds() - api_start,
+                                None if pg_start is None or pg_end is None else pg_end - pg_start))
+            legs[kind].append(result)
+        for kind, prefix in (("templated", "ingest_template"), ("plain", "ingest_template_plain")):
+            results = legs[kind]
+            requests = sum(r.requests for r in results)
+            postgres = [pg for _, pg in spent[kind]]
+            self.details.update({
+                f"{prefix}_per_s": sum(r.per_s for r in results) / len(results),
+                f"{prefix}_legs_per_s": [round(r.per_s, 1) for r in results],
+                f"{prefix}_p50_ms": sum(r.p50_ms for r in results) / len(results),
+                f"{prefix}_p99_ms": max(r.p99_ms for r in results),
+                f"{prefix}_requests": requests, f"{prefix}_errors": sum(r.errors for r in results),
+                f"{prefix}_gunicorn_cpu_ms_each": _per(sum(api for api, _ in spent[kind]), requests),
+                f"{prefix}_postgres_cpu_ms_each": None if None in postgres else _per(sum(postgres), requests),
+            })
+        self.details.update(ingest_template_channel=templates.CHANNEL, ingest_template_name=name)
+        self.say(f"  templated {self.details['ingest_template_per_s']:,.0f}/s, "
+                 f"plain {self.details['ingest_template_plain_per_s']:,.0f}/s")
 
     def cpu_meter(self) -> Callable[[str, int], dict[str, float | None]]:
         """Starts counting the CPU time of gunicorn (all workers) and of the database server;

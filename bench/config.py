@@ -32,6 +32,7 @@ class Sizes:
     lease_fill_rows: int
     wrk_warmup_seconds: int  # untimed: gunicorn workers load URLconfs, connect, etc.
     wrk_seconds: int
+    template_seconds: int  # each of the 4 legs of ingest_template_vs_plain (plain, templated, templated, plain)
     batch_requests: int  # POSTs of 1,000 notifications each
     batch_clients: int
     drain_rows: int  # dispatch_noop_per_s (100,000 in the full run)
@@ -47,22 +48,22 @@ class Sizes:
 
 
 FULL = Sizes("full", pgbench_seconds=10, lease_fill_rows=200_000, wrk_warmup_seconds=2, wrk_seconds=15,
-             batch_requests=100, batch_clients=4, drain_rows=100_000, batch1_rows=10_000, slow_rows=3_200,
-             latency_seconds=20, procrastinate_jobs=100_000, procrastinate_max_seconds=120,
+             template_seconds=6, batch_requests=100, batch_clients=4, drain_rows=100_000, batch1_rows=10_000,
+             slow_rows=3_200, latency_seconds=20, procrastinate_jobs=100_000, procrastinate_max_seconds=120,
              unindexed_lease_reference=True, budget_rows=1_500, outage_seconds=30, breaker_rows=1_000)
 QUICK = Sizes("quick", pgbench_seconds=4, lease_fill_rows=200_000, wrk_warmup_seconds=1, wrk_seconds=5,
-              batch_requests=20, batch_clients=4, drain_rows=10_000, batch1_rows=2_000, slow_rows=800,
-              latency_seconds=5, procrastinate_jobs=10_000, procrastinate_max_seconds=25,
+              template_seconds=2, batch_requests=20, batch_clients=4, drain_rows=10_000, batch1_rows=2_000,
+              slow_rows=800, latency_seconds=5, procrastinate_jobs=10_000, procrastinate_max_seconds=25,
               unindexed_lease_reference=False, budget_rows=400, outage_seconds=12, breaker_rows=300)
 SMOKE = Sizes("smoke", pgbench_seconds=1, lease_fill_rows=10_000, wrk_warmup_seconds=0, wrk_seconds=1,
-              batch_requests=2, batch_clients=2, drain_rows=1_000, batch1_rows=100, slow_rows=160,
+              template_seconds=1, batch_requests=2, batch_clients=2, drain_rows=1_000, batch1_rows=100, slow_rows=160,
               latency_seconds=1, procrastinate_jobs=1_000, procrastinate_max_seconds=10,
               unindexed_lease_reference=False, budget_rows=100, outage_seconds=3, breaker_rows=50)
 
 # The figures, in the order of the table; each is a key of results.json.
 FIGURES = (
     "ingest_single_per_s", "ingest_single_p50_ms", "ingest_single_p99_ms", "pgbench_outbox_tx_tps",
-    "ingest_vs_db", "ingest_batch_per_s",
+    "ingest_vs_db", "ingest_template_vs_plain", "ingest_batch_per_s",
     "dispatch_noop_per_s", "pgbench_lease_ack_rows_per_s", "dispatch_vs_db",
     "procrastinate_noop_per_s", "dispatch_vs_procrastinate", "dispatch_noop_batch1_per_s",
     "dispatch_100ms_per_s_per_process", "latency_p50_ms", "latency_p99_ms",

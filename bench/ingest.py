@@ -3,6 +3,15 @@
 Both go to gunicorn on 127.0.0.1 with the run's API key, to the `fake` channel (no recipient
 rules, so validation is as cheap as the API's own). Nothing is dispatched meanwhile: intake is
 measured alone.
+
+What a single POST sends is its `body` (bench/wrk_post.lua and bench/loadgen.py build the same):
+- "simple" (ingest_single_*): {"channel", "to", "subject": "Benchmark", "message": "benchmark
+  message N"};
+- "order": an order-shipped email written out by the client: its subject and text, plain;
+- "template": the same order-shipped email from the template bench/templates.py creates:
+  {"channel", "to", "template", "data": {name, order_id, items, total, url}}, rendered by the
+  API (subject, text and HTML). "order" and "template" compare like with like
+  (ingest_template_vs_plain).
 """
 
 from __future__ import annotations
@@ -63,19 +72,37 @@ def wrk_available() -> bool:
     return shutil.which("wrk") is not None
 
 
-def warm_up(*, port: int, api_key: str, seconds: int, connections: int, log_dir: Path, use_wrk: bool) -> None:
+@dataclass(frozen=True)
+class Body:
+    """What each single POST sends (see the module docstring)."""
+
+    kind: str = "simple"  # "simple", "order" or "template"
+    channel: str = "fake"
+    template: str = ""  # the template's name, for "template"
+
+    def env(self) -> dict[str, str]:
+        """For bench/wrk_post.lua."""
+        return {"BENCH_BODY": self.kind, "BENCH_CHANNEL": self.channel, "BENCH_TEMPLATE": self.template}
+
+
+SIMPLE = Body()
+
+
+def warm_up(*, port: int, api_key: str, seconds: int, connections: int, log_dir: Path, use_wrk: bool,
+            body: Body = SIMPLE) -> None:
     """Untimed load first: each gunicorn worker loads its URLconf, views and serializers, and
-    opens its database connection, at its first requests."""
+    opens its database connection (and compiles a template), at its first requests."""
     if use_wrk:
-        _wrk(port, api_key, seconds, connections, log_dir / "wrk-warmup.txt")
+        _wrk(port, api_key, seconds, connections, log_dir / f"wrk-warmup-{body.kind}.txt", body)
     else:
-        loadgen.run(port=port, api_key=api_key, seconds=seconds, connections=connections)
+        loadgen.run(port=port, api_key=api_key, seconds=seconds, connections=connections, body=body)
 
 
 def single(*, port: int, api_key: str, seconds: int, connections: int, log_dir: Path,
-           listen_conninfo: str | None = None, use_wrk: bool | None = None) -> SingleResult:
+           listen_conninfo: str | None = None, use_wrk: bool | None = None, body: Body = SIMPLE,
+           log_name: str = "wrk") -> SingleResult:
     """ingest_single_per_s and its p50/p99: wrk if installed (or if use_wrk), else the Python
-    load generator.
+    load generator; each request sends `body` (wrk's output goes to `log_name`.txt).
 
     With listen_conninfo, also counts the NOTIFYs that the measured requests sent."""
     use_wrk = wrk_available() if use_wrk is None else use_wrk
@@ -84,10 +111,10 @@ def single(*, port: int, api_key: str, seconds: int, connections: int, log_dir: 
         counter.start()
     try:
         if use_wrk:
-            result = _wrk(port, api_key, seconds, connections, log_dir / "wrk.txt")
+            result = _wrk(port, api_key, seconds, connections, log_dir / f"{log_name}.txt", body)
         else:
             ok, errors, latencies, measured = loadgen.run(port=port, api_key=api_key, seconds=seconds,
-                                                          connections=connections)
+                                                          connections=connections, body=body)
             if not latencies:
                 raise RuntimeError(f"no request succeeded ({errors} errors)")
             result = SingleResult(per_s=ok / measured, p50_ms=percentile(latencies, 50) * 1000,
@@ -97,12 +124,14 @@ def single(*, port: int, api_key: str, seconds: int, connections: int, log_dir: 
     return replace(result, notifies=notifies)
 
 
-def _wrk(port: int, api_key: str, seconds: int, connections: int, output: Path) -> SingleResult:
+def _wrk(port: int, api_key: str, seconds: int, connections: int, output: Path,
+         body: Body = SIMPLE) -> SingleResult:
     # Two wrk threads: wrk is event-driven, and the machine has two cores to share with the
     # server; more threads would only take CPU from it.
     argv = ["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds}s", "--timeout", "10s",
             "--latency", "-s", str(WRK_SCRIPT), f"http://127.0.0.1:{port}/api/v1/notifications"]
-    done = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "BENCH_API_KEY": api_key})
+    done = subprocess.run(argv, capture_output=True, text=True,
+                          env={**os.environ, "BENCH_API_KEY": api_key, **body.env()})
     output.write_text(done.stdout + done.stderr)
     line = next((l for l in done.stdout.splitlines() if l.startswith("WRK_JSON ")), None)
     if done.returncode != 0 or line is None:

@@ -15,9 +15,25 @@ import json
 import multiprocessing
 import threading
 import time
+from typing import Any
 
 
-def _worker(port: int, api_key: str, channel: str, seconds: float, threads: int,
+def request_body(body: Any, to: str, n: int) -> str:
+    """The JSON of request `n` for a bench.ingest.Body (bench/wrk_post.lua builds the same)."""
+    if body.kind == "simple":
+        return json.dumps({"channel": body.channel, "to": to, "subject": "Benchmark",
+                           "message": f"benchmark message {n}"})
+    data = {"name": f"User {n}", "order_id": f"A-{n}", "items": n % 9 + 1, "total": f"{n % 200}.50 EUR",
+            "url": f"https://shop.example.com/track/A-{n}"}
+    if body.kind == "template":
+        return json.dumps({"channel": body.channel, "to": to, "template": body.template, "data": data})
+    # "order": what bench/templates.py's template renders as subject and text, written out
+    return json.dumps({"channel": body.channel, "to": to, "subject": f"Your order {data['order_id']} has shipped",
+                       "message": f"Hello {data['name']},\n\nyour order {data['order_id']} ({data['items']} items, "
+                                  f"{data['total']}) is on its way.\nTrack it at {data['url']}.\n"})
+
+
+def _worker(port: int, api_key: str, body: Any, seconds: float, threads: int,
             seed: int) -> tuple[int, int, list[float]]:
     """One process: `threads` closed loops for `seconds`; returns (ok, errors, latencies in s)."""
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {api_key}"}
@@ -32,12 +48,11 @@ def _worker(port: int, api_key: str, channel: str, seconds: float, threads: int,
         good = bad = 0
         while time.monotonic() < deadline:
             n += 1
-            body = json.dumps({"channel": channel, "to": f"user{seed}-{tid}-{n}@example.com",
-                               "subject": "Benchmark", "message": f"benchmark message {n}"})
+            payload = request_body(body, f"user{seed}-{tid}-{n}@example.com", n)
             started = time.monotonic()
             try:
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-                conn.request("POST", "/api/v1/notifications", body=body, headers=headers)
+                conn.request("POST", "/api/v1/notifications", body=payload, headers=headers)
                 response = conn.getresponse()
                 response.read()
                 conn.close()
@@ -61,15 +76,16 @@ def _worker(port: int, api_key: str, channel: str, seconds: float, threads: int,
     return ok, errors, latencies
 
 
-def run(*, port: int, api_key: str, seconds: float, connections: int, channel: str = "fake",
+def run(*, port: int, api_key: str, seconds: float, connections: int, body: Any,
         processes: int = 4) -> tuple[int, int, list[float], float]:
-    """`connections` concurrent closed loops over `processes` processes for `seconds`.
+    """`connections` concurrent closed loops over `processes` processes for `seconds`, each
+    request sending `body` (a bench.ingest.Body).
 
     Returns (ok, errors, latencies in seconds, seconds measured)."""
     per_process = max(1, connections // processes)
     ctx = multiprocessing.get_context("spawn")  # nothing of the harness's state (DB connections) is inherited
     with ctx.Pool(processes) as pool:
-        parts = pool.starmap(_worker, [(port, api_key, channel, seconds, per_process, i) for i in range(processes)])
+        parts = pool.starmap(_worker, [(port, api_key, body, seconds, per_process, i) for i in range(processes)])
     ok = sum(p[0] for p in parts)
     errors = sum(p[1] for p in parts)
     latencies = [lat for p in parts for lat in p[2]]

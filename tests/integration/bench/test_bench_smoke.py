@@ -58,3 +58,12 @@ def test_smoke_run_writes_every_figure_as_a_number(tmp_path):
     assert machine["cpu_count"] >= 1 and machine["postgresql_version"] and machine["date"]
     # The table went to standard output, one row per figure of the issue.
     assert "| ingest_single_per_s" in done.stdout and "| commits_per_notification" in done.stdout
+
+    # Templated against plain single POSTs, measured in the same run: the ratio, its two rates
+    # and its row (with its goal).
+    assert "ingest_template_vs_plain" in document and document["ingest_template_vs_plain"] > 0
+    details = document["details"]
+    assert details["ingest_template_per_s"] > 0 and details["ingest_template_plain_per_s"] > 0
+    assert details["ingest_template_errors"] == 0 and details["ingest_template_requests"] > 0
+    assert details["goals"]["ingest_template_vs_plain"]["goal"] == ">= 0.8"
+    assert "| ingest_template_per_s" in done.stdout and "ingest_template_vs_plain" in done.stdout

@@ -114,3 +114,12 @@ def test_a_template_that_names_a_private_attribute_is_refused_when_saved(db):
         template_store.template_create(client=tenant("sneaky"), name="escape", content=template_store.TemplateContent(
             locale="en", variants={"email": {"text": "hi\n{{ ''.__class__ }}"}}, translations={}))
     assert refused.value.field == "variants" and "line 2" in refused.value.message and "__class__" in refused.value.message
+
+
+@pytest.mark.parametrize("version, field", [(0, "template_version"), (2**31, "template"), (2**63, "template"),
+                                            (10**30, "template")])
+def test_a_template_version_out_of_range_is_a_400_not_a_500(api, version, field):
+    # Past an integer column's range there is no such version (the lookup is one SQL statement).
+    before = row_counts()
+    assert_error(post(api, template_version=version), 400, "invalid", fields=[field])
+    assert row_counts() == before

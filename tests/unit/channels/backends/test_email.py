@@ -5,6 +5,9 @@
 - ESP: Anymail's Brevo backend, pointed through `api_url` at a local HTTP server that answers
   as Brevo's POST /v3/smtp/email does (201 {"messageId"}, 400/401 {"code", "message"}, 429 with
   Retry-After or x-sib-ratelimit-reset, 500, a slow answer, a dropped connection).
+
+A message with an HTML part (rendered from a template) goes out as multipart/alternative over
+SMTP (text/plain, then text/html) and as Brevo's textContent and htmlContent.
 """
 
 from __future__ import annotations
@@ -86,6 +89,29 @@ class TestSMTP:
         # the message id is the Message-ID we generated, on the sender's domain
         assert provider_id == received["Message-ID"] and provider_id.endswith("@example.com>")
         assert received["X-Notify-Notification-Id"] == message.notification_id
+
+    def test_a_message_with_html_goes_out_as_multipart_alternative(self, smtp_server):
+        # What a templated notification carries: the text, and its HTML part (Message.html).
+        controller, sink = smtp_server
+        html = "<p>Hello Ann &lt;3, order <b>A-1</b> is on its way. Grüße ☕</p>"
+        message = msg("html-ann@example.com", body="Hello Ann <3, order A-1 is on its way. Grüße ☕",
+                      subject="Your order A-1 has shipped", html=html)
+        provider_id = smtp_channel(controller.port).deliver(message)
+
+        (_, _, received), = sink.by_recipient("html-ann@example.com")
+        assert received.get_content_type() == "multipart/alternative" and received.is_multipart()
+        assert received["Subject"] == "Your order A-1 has shipped" and received["Message-ID"] == provider_id
+        text, rich = received.iter_parts()  # in this order: a client shows the last part it can
+        assert (text.get_content_type(), rich.get_content_type()) == ("text/plain", "text/html")
+        assert text.get_content_charset() == rich.get_content_charset() == "utf-8"
+        assert text.get_content().replace("\r\n", "\n").rstrip("\n") == message.body
+        assert rich.get_content().replace("\r\n", "\n").rstrip("\n") == html
+
+    def test_a_message_without_html_stays_a_single_text_part(self, smtp_server):
+        controller, sink = smtp_server
+        smtp_channel(controller.port).deliver(msg("plain-ann@example.com", body="Just text"))
+        (_, _, received), = sink.by_recipient("plain-ann@example.com")
+        assert received.get_content_type() == "text/plain" and not received.is_multipart()
 
     def test_non_ascii_subject_and_body(self, smtp_server):
         controller, sink = smtp_server
@@ -186,6 +212,22 @@ class TestBrevo:
         assert payload["subject"] == "Sign-in code" and payload["textContent"] == "Your code is 123456"
         assert payload["headers"]["X-Notify-Notification-Id"] == message.notification_id
         assert provider_id.endswith("@smtp-relay.mailin.fr>") and len(provider_id) > 30
+
+    def test_a_message_with_html_sends_both_html_and_text_content(self, brevo):
+        html = "<p>Hello Ann &lt;3, order <b>A-1</b> is on its way.</p>"
+        message = msg("html-ann@example.com", body="Hello Ann <3, order A-1 is on its way.",
+                      subject="Your order A-1 has shipped", html=html)
+        brevo_channel(brevo).deliver(message)
+
+        (request,) = brevo.requests
+        payload = request.json()
+        assert payload["htmlContent"] == html and payload["textContent"] == message.body
+        assert payload["subject"] == "Your order A-1 has shipped"
+
+    def test_a_message_without_html_sends_text_content_only(self, brevo):
+        brevo_channel(brevo).deliver(msg("plain-ann@example.com", body="Just text"))
+        (request,) = brevo.requests
+        assert request.json()["textContent"] == "Just text" and "htmlContent" not in request.json()
 
     def test_invalid_parameter_400_is_permanent(self, brevo):
         error = failure(brevo_channel(brevo), msg("invalid@example.com"), PermanentChannelError)
