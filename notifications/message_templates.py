@@ -109,12 +109,13 @@ class _Budget:
     reading the clock costs half a microsecond)."""
 
     CPU_CHECK_EVERY = 16
-    __slots__ = ("steps", "chars", "deadline", "ticks")
+    __slots__ = ("steps", "chars", "cpu_seconds", "deadline", "ticks")
 
-    def __init__(self) -> None:
+    def __init__(self, cpu_seconds: float = CPU_LIMIT_SECONDS) -> None:
         self.steps = LOOP_BUDGET
         self.chars = WRITE_LIMIT
-        self.deadline = time.thread_time() + CPU_LIMIT_SECONDS
+        self.cpu_seconds = cpu_seconds
+        self.deadline = time.thread_time() + cpu_seconds
         self.ticks = 0
 
     def tick(self) -> None:
@@ -126,7 +127,7 @@ class _Budget:
     def check_time(self) -> None:
         """The CPU limit, now: after each filter (one may take milliseconds, on 100,000 items)."""
         if time.thread_time() > self.deadline:
-            raise SecurityError(f"the template takes more than {CPU_LIMIT_SECONDS:g} s of CPU to render")
+            raise SecurityError(f"the template takes more than {self.cpu_seconds:g} s of CPU to render")
 
     def step(self) -> None:
         """A loop iteration or a call."""
@@ -520,14 +521,15 @@ def choose_variant(*, variants: Mapping[str, Any], translations: Mapping[str, An
     raise TemplateProblem("template", f"has no variant for channel {channel!r} or its kind {kind!r}")
 
 
-def render_variant(variant: Mapping[str, str], data: Mapping[str, Any], *, where: str) -> dict[str, str]:
-    """Each field of a variant rendered with `data`, within the budgets; TemplateProblem
-    naming the field (and the variable, for one that is missing)."""
+def render_variant(variant: Mapping[str, str], data: Mapping[str, Any], *, where: str,
+                   cpu_seconds: float = CPU_LIMIT_SECONDS) -> dict[str, str]:
+    """Each field of a variant rendered with `data`, within the budgets (`cpu_seconds` at
+    most); TemplateProblem naming the field (and the variable, for one that is missing)."""
     # Compiled before the budget is set: with a budget, Jinja's compile-time folding of
     # constant filters would run (and be charged) once, in whichever render compiled it.
     templates = {field: compile_field(f"{where}.{field}", field, variant[field])
                  for field in FIELDS if variant.get(field) is not None}
-    token = _budget.set(_Budget())
+    token = _budget.set(_Budget(min(cpu_seconds, CPU_LIMIT_SECONDS)))
     try:
         rendered = {}
         for field in FIELDS:
@@ -563,11 +565,12 @@ def _render_bounded(template, data: Mapping[str, Any], *, where: str) -> str:
 
 
 def render(*, variants: Mapping[str, Any], translations: Mapping[str, Any], default_locale: str,
-           locale: str | None, channel: str, kind: str, data: Mapping[str, Any]) -> Rendered:
+           locale: str | None, channel: str, kind: str, data: Mapping[str, Any],
+           cpu_seconds: float = CPU_LIMIT_SECONDS) -> Rendered:
     """The variant of a template version for `channel` (of `kind`) in `locale`, rendered."""
     chosen_locale, key, variant = choose_variant(variants=variants, translations=translations,
                                                  default_locale=default_locale, locale=locale,
                                                  channel=channel, kind=kind)
     where = "variants" if chosen_locale == default_locale else f"translations.{chosen_locale}"
-    fields = render_variant(variant, data, where=f"{where}.{key}")
+    fields = render_variant(variant, data, where=f"{where}.{key}", cpu_seconds=cpu_seconds)
     return Rendered(subject=fields["subject"], text=fields["text"], html=fields["html"], locale=chosen_locale, variant=key)

@@ -184,7 +184,7 @@ class NotificationRequestSerializer(serializers.Serializer):
         attrs["priority"] = Priority[attrs["priority"].upper()].value
         try:
             return services.notification_validate(**attrs, client_id=getattr(self.context.get("client"), "pk", None),
-                                                  template_versions=self.context.get("template_versions"))
+                                                  rendering=self.context.get("rendering"))
         except InvalidNotification as exc:
             raise validation_error(exc) from None
 

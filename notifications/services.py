@@ -50,14 +50,14 @@ def notification_validate(*, channel: str, to: str, message: str = "", subject: 
                           expires_at=None, ignore_suppression: bool = False, template: str | None = None,
                           template_version: int | None = None, locale: str | None = None,
                           data: dict | None = None, client_id: int | None = None,
-                          template_versions: dict | None = None) -> store.NewNotification:
+                          rendering: template_store.RequestRendering | None = None) -> store.NewNotification:
     """Check a notification against its channel; return it normalised, ready to enqueue
     (to a recipient on the client's suppression list, it will be `suppressed` unless
     `ignore_suppression`).
 
     With a `template` (of client `client_id`), its subject, text and HTML are rendered here,
     for this channel, with `data`, and stored as they are (with the template's name and
-    version); `template_versions`, if given, caches the versions found for one request.
+    version); `rendering`, if given, is the request's (its versions found once, one CPU budget).
 
     Raises InvalidNotification naming the field: an unknown channel (see channel_get), or a
     recipient or content the channel refuses.
@@ -65,8 +65,9 @@ def notification_validate(*, channel: str, to: str, message: str = "", subject: 
     backend = channel_get(name=channel)
     html, version = "", None
     if template is not None:
-        version = _template_version(client_id, template, template_version, template_versions)
-        rendered = template_store.render_for(version, channel=backend, locale=locale, data=data or {})
+        version = _template_version(client_id, template, template_version, rendering)
+        rendered = template_store.render_for(version, channel=backend, locale=locale, data=data or {},
+                                             rendering=rendering)
         subject, message, html, locale = rendered.subject, rendered.text, rendered.html, rendered.locale
     try:
         checked = backend.validate(Message(recipient=to, body=message, subject=subject, metadata=metadata or {},
@@ -85,11 +86,13 @@ def notification_validate(*, channel: str, to: str, message: str = "", subject: 
     )
 
 
-def _template_version(client_id: int | None, name: str, version: int | None, cache: dict | None):
-    """The template version to render (one query, once per request with `cache`)."""
+def _template_version(client_id: int | None, name: str, version: int | None,
+                      rendering: template_store.RequestRendering | None):
+    """The template version to render (one query; once per request with `rendering`)."""
     if client_id is None:
         raise InvalidNotification("template", "Templates need an API client.")
     key = (name, version)
+    cache = rendering.versions if rendering is not None else None
     if cache is not None and key in cache:
         return cache[key]
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -173,19 +174,40 @@ def _save_version(template: MessageTemplate, number: int, content: TemplateConte
     )
 
 
+class RequestRendering:
+    """The templates one request renders (a batch renders up to 1,000): the versions, looked up
+    once each, and one CPU budget for all its renders, so that a batch of costly templates
+    cannot hold a worker for 1,000 times a render's limit."""
+
+    CPU_SECONDS = 2.0
+
+    def __init__(self) -> None:
+        self.versions: dict[tuple[str, int | None], MessageTemplateVersion] = {}
+        self.cpu_left = self.CPU_SECONDS
+
+
 def render_for(version: MessageTemplateVersion, *, channel: Channel, locale: str | None,
-               data: dict[str, Any]) -> message_templates.Rendered:
-    """A version rendered for a notification on `channel`, as the intake accepts it. Raises
-    InvalidNotification: "data" for a missing variable, "template" for anything else the
-    template cannot do, and for an empty text or a subject with a line break."""
+               data: dict[str, Any], rendering: RequestRendering | None = None) -> message_templates.Rendered:
+    """A version rendered for a notification on `channel`, as the intake accepts it (within
+    the request's CPU budget, with `rendering`). Raises InvalidNotification: "data" for a
+    missing variable, "template" for anything else the template cannot do, and for an empty
+    text or a subject with a line break."""
     where = f"template {version.template.name!r} v{version.version}"
+    if rendering is not None and rendering.cpu_left <= 0:
+        raise InvalidNotification("template", f"the request's templates take more than "
+                                              f"{RequestRendering.CPU_SECONDS:g} s of CPU to render")
+    started = time.thread_time()
     try:
-        rendered = message_templates.render(variants=version.variants, translations=version.translations,
-                                            default_locale=version.locale, locale=locale, channel=channel.name,
-                                            kind=channel.kind, data=data)
+        rendered = message_templates.render(
+            variants=version.variants, translations=version.translations, default_locale=version.locale,
+            locale=locale, channel=channel.name, kind=channel.kind, data=data,
+            cpu_seconds=rendering.cpu_left if rendering is not None else message_templates.CPU_LIMIT_SECONDS)
     except message_templates.TemplateProblem as exc:
         field = "data" if "is undefined" in exc.message else "template"
         raise InvalidNotification(field, f"{where}: {exc}") from None
+    finally:
+        if rendering is not None:
+            rendering.cpu_left -= time.thread_time() - started
     if not rendered.text.strip():
         raise InvalidNotification("template", f"{where} renders an empty text for channel {channel.name!r}")
     if has_line_break(rendered.subject):

@@ -22,7 +22,7 @@ from rest_framework.views import APIView
 from channels.registry import all_channels
 from outbox.models import ChannelState
 
-from . import services
+from . import services, template_store
 from .models import Notification
 from .openapi import (
     ERROR_EXAMPLE,
@@ -122,7 +122,7 @@ def _create(request, endpoint: str, notifications: list) -> tuple[list, bool]:
 def _intake_context(request) -> dict:
     """What the intake's validation needs beyond the body: the client (its templates), and a
     cache of the template versions a batch renders."""
-    return {"client": request.user, "template_versions": {}}
+    return {"client": request.user, "rendering": template_store.RequestRendering()}
 
 
 def _replayed_headers(replayed: bool) -> dict[str, str]:

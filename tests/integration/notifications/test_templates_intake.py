@@ -123,3 +123,19 @@ def test_a_template_version_out_of_range_is_a_400_not_a_500(api, version, field)
     before = row_counts()
     assert_error(post(api, template_version=version), 400, "invalid", fields=[field])
     assert row_counts() == before
+
+
+def test_a_batch_of_costly_templates_stops_at_the_requests_cpu_budget(db, monkeypatch):
+    """Each render may take up to its own limit; a batch shares one budget for all of them."""
+    monkeypatch.setattr(template_store.RequestRendering, "CPU_SECONDS", 0.05)
+    api = make_api_client("busy")
+    template_store.template_create(client=tenant("busy"), name="busy", content=template_store.TemplateContent(
+        locale="en", variants={"email": {"text": "{% for i in range(9000) %}{{ (range(500)|list|sort)[0] }}{% endfor %}x"}},
+        translations={}))
+    before = row_counts()
+    answer = api.post(f"{URL}/batch", {"notifications": [
+        {"channel": "email-log", "to": f"u{i}@example.com", "template": "busy", "data": {}} for i in range(50)]},
+        format="json")
+    error = assert_error(answer, 400, "invalid")
+    assert any("CPU" in message for messages in error["fields"].values() for message in messages), error
+    assert row_counts() == before
