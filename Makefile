@@ -55,7 +55,7 @@ $(BENCH_INSTALLED): $(INSTALLED) requirements-bench.txt
 bench: $(BENCH_INSTALLED)
 	$(PY) -m bench
 
-## make bench-quick: the same at smaller sizes (under 2 minutes)
+## make bench-quick: the same at smaller sizes (about 2 to 3 minutes)
 bench-quick: $(BENCH_INSTALLED)
 	$(PY) -m bench --quick
 

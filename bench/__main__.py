@@ -426,7 +426,7 @@ def _per(seconds: float | None, count: int) -> float | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[1].replace("\n", " "))
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="smaller sizes, under 2 minutes (make bench-quick)")
+    size.add_argument("--quick", action="store_true", help="smaller sizes, about 2 to 3 minutes (make bench-quick)")
     size.add_argument("--smoke", action="store_true", help="tiny sizes: checks that every piece runs")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"where to write the figures ({DEFAULT_JSON})")
     parser.add_argument("--only", default=",".join(PHASES),
