@@ -30,8 +30,7 @@ from . import message_templates, services, template_store
 from .models import MessageTemplate, MessageTemplateVersion
 from .openapi import ErrorSerializer, errors, page_of
 from .serializers import AnswerSerializer, QueryParameters, StrictCharField, jsonb_problem, writable
-from .views import NewestFirst
-from .webhook_views import OldestFirst
+from .views import NewestFirst, OldestFirst
 
 # --- shapes ---------------------------------------------------------------------------------------
 

@@ -83,6 +83,12 @@ class NewestFirst(CursorPagination):
         return Cursor(offset=int(offset), reverse=reverse == "1", position=position)
 
 
+class OldestFirst(NewestFirst):
+    """The same pages, oldest first (events to catch up on, a template's versions)."""
+
+    ordering = ("created_at", "id")
+
+
 def _cursor_position(text: str) -> str:
     """A cursor's position, created_at as DRF writes it (str() of an aware datetime), in that
     canonical form; refused unless it is an aware datetime that PostgreSQL can compare."""

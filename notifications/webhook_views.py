@@ -34,7 +34,7 @@ from channels.backends.webhook import url_problem
 from .models import StatusEvent, WebhookEndpoint
 from .openapi import errors, page_of
 from .serializers import QueryParameters, StrictCharField, StrictDateTimeField
-from .views import NewestFirst
+from .views import OldestFirst
 
 MAX_ENDPOINTS_PER_CLIENT = 20
 
@@ -82,10 +82,6 @@ class EventQuerySerializer(QueryParameters):
     since = StrictDateTimeField(required=False, help_text="Events at or after this time.")
     type = serializers.ChoiceField(choices=WebhookEndpoint.EVENT_TYPES, required=False)
     notification = serializers.UUIDField(required=False, help_text="The events of one notification.")
-
-
-class OldestFirst(NewestFirst):
-    ordering = ("created_at", "id")
 
 
 class WebhookEndpointListView(APIView):
