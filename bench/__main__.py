@@ -278,7 +278,7 @@ class Run:
             "window_seconds": result.window_seconds, "dispatcher_cpu_seconds": result.dispatcher_cpu_seconds,
             "postgres_cpu_seconds": result.postgres_cpu_seconds, "peak_rss_mib": result.peak_rss_mib,
             "supervisor_rss_mib": result.supervisor_rss_mib, "commits": result.commits,
-            "table_writes": result.table_writes,
+            "table_writes": result.table_writes, "wal_bytes": result.wal_bytes,
             # Per delivery, to compare with the references' (an approximation: the CPU window
             # also holds the processes' start and the wait for the first claim).
             "dispatcher_cpu_ms_each": _per(result.dispatcher_cpu_seconds, result.delivered),
@@ -297,7 +297,9 @@ class Run:
         args = ["--processes", str(DISPATCH_PROCESSES), "--threads", str(DISPATCH_THREADS), "--batch-size", "100"]
         result = self.drain("dispatch_noop", args, s.drain_rows, "fake", resources=True)
         self.figures.update(dispatch_noop_per_s=result.per_s, dispatcher_rss_mb=result.peak_rss_mib,
-                            commits_per_notification=result.commits_per_notification)
+                            commits_per_notification=result.commits_per_notification,
+                            row_versions_per_delivery=result.row_versions_per_delivery,
+                            wal_bytes_per_delivery=result.wal_bytes_per_delivery)
 
     def dispatch_batch1(self) -> None:
         s = self.sizes

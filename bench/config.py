@@ -67,7 +67,7 @@ FIGURES = (
     "dispatch_noop_per_s", "pgbench_lease_ack_rows_per_s", "dispatch_vs_db",
     "procrastinate_noop_per_s", "dispatch_vs_procrastinate", "dispatch_noop_batch1_per_s",
     "dispatch_100ms_per_s_per_process", "latency_p50_ms", "latency_p99_ms",
-    "dispatcher_rss_mb", "commits_per_notification",
+    "dispatcher_rss_mb", "commits_per_notification", "row_versions_per_delivery", "wal_bytes_per_delivery",
     "budget_send_rate_ratio", "budget_429_fraction", "breaker_attempts_during_outage", "breaker_recovery_s",
 )
 

@@ -160,6 +160,17 @@ class Server:
         return {name: {"inserted": ins, "updated": upd, "hot_updated": hot, "deleted": dele}
                 for name, ins, upd, hot, dele in rows}
 
+    def wal_lsn(self, dbname: str) -> str:
+        """The server's current WAL insert position: the difference of two is the WAL written
+        between them, by every database of the server (the bench's run alone, here)."""
+        with self.connect(dbname) as conn:
+            return conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]
+
+    def wal_bytes_since(self, dbname: str, lsn: str) -> int:
+        with self.connect(dbname) as conn:
+            return int(conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), %s::pg_lsn)",
+                                    (lsn,)).fetchone()[0])
+
     def cpu_seconds(self) -> float | None:
         """CPU time (user + system) used so far by the embedded server: the postmaster, its
         live backends, and the backends that have exited (the kernel adds a reaped child's

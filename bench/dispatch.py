@@ -76,6 +76,9 @@ class Drain:
     commits: int | None = None
     # Row writes per table during the run (pg_stat_user_tables deltas), with measure_resources.
     table_writes: dict[str, dict[str, int]] | None = None
+    # WAL written during the run (the server's insert position before and after), with
+    # measure_resources: the deliveries', and the heartbeats' of the dispatchers, a few bytes.
+    wal_bytes: int | None = None
     # Where the CPU went, from the dispatchers' start to the empty outbox (window_seconds):
     # the dispatcher processes' and the database server's CPU seconds.
     window_seconds: float | None = None
@@ -89,6 +92,19 @@ class Drain:
     @property
     def commits_per_notification(self) -> float | None:
         return None if self.commits is None else self.commits / self.delivered
+
+    @property
+    def row_versions_per_delivery(self) -> float | None:
+        """Rows inserted, updated or deleted in outbox, notification and notification_event,
+        per delivery: each is a row version written (a delete marks one dead)."""
+        if self.table_writes is None:
+            return None
+        writes = sum(counts[kind] for counts in self.table_writes.values() for kind in ("inserted", "updated", "deleted"))
+        return writes / self.delivered
+
+    @property
+    def wal_bytes_per_delivery(self) -> float | None:
+        return None if self.wal_bytes is None else self.wal_bytes / self.delivered
 
 
 class _Poller:
@@ -123,6 +139,7 @@ def drain(*, server: Server, dbname: str, env: dict[str, str], log_dir: Path, na
         settle_stats()
         commits_before = server.xact_commit(dbname)  # first: the next read's commit is then in the delta
         writes_before = server.table_writes(dbname, TABLES)
+        wal_before = server.wal_lsn(dbname)
     poller = _Poller(server, dbname)
     pg_cpu_start, window_start = server.cpu_seconds(), time.monotonic()
     process = start_dispatchers(env, log_dir, *args, "--lease-seconds", str(lease_seconds), name=name)
@@ -145,8 +162,9 @@ def drain(*, server: Server, dbname: str, env: dict[str, str], log_dir: Path, na
         poller.close()
     if delivered != expected:
         raise RuntimeError(f"{name}: {delivered} sent of {expected}; see {process.log_path}")
-    commits = writes = None
+    commits = writes = wal_bytes = None
     if measure_resources:
+        wal_bytes = server.wal_bytes_since(dbname, wal_before)
         settle_stats()
         # Less the poller's statements and the two transactions that read the counters before.
         commits = server.xact_commit(dbname) - commits_before - poller.statements - 2
@@ -155,6 +173,7 @@ def drain(*, server: Server, dbname: str, env: dict[str, str], log_dir: Path, na
                   for table, counts in writes_after.items()}
     return Drain(delivered=delivered, seconds=last - first_claim, peak_rss_mib=sampler.peak_child_mib(),
                  supervisor_rss_mib=sampler.peak_supervisor_mib(), commits=commits, table_writes=writes,
+                 wal_bytes=wal_bytes,
                  window_seconds=window_end - window_start, dispatcher_cpu_seconds=dispatcher_cpu,
                  postgres_cpu_seconds=None if pg_cpu_start is None or pg_cpu_end is None else pg_cpu_end - pg_cpu_start)
 

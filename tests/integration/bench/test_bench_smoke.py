@@ -58,6 +58,10 @@ def test_smoke_run_writes_every_figure_as_a_number(tmp_path):
     assert machine["cpu_count"] >= 1 and machine["postgresql_version"] and machine["date"]
     # The table went to standard output, one row per figure of the issue.
     assert "| ingest_single_per_s" in done.stdout and "| commits_per_notification" in done.stdout
+    # What a delivery writes: row versions (at least the outbox row's insert, claim and delete,
+    # and the notification's and its event's) and WAL bytes.
+    assert document["row_versions_per_delivery"] >= 3 and document["wal_bytes_per_delivery"] > 0
+    assert "| row_versions_per_delivery" in done.stdout and "| wal_bytes_per_delivery" in done.stdout
 
     # Templated against plain single POSTs, measured in the same run: the ratio, its two rates
     # and its row (with its goal).
