@@ -652,13 +652,14 @@ RETURNING id
 """
 
 # Apply receipts %(receipt_ids)s to their notifications: the notification of a channel of the
-# receipt's kind (%(channel_names)s / %(channel_kinds)s: the configured channels) whose provider
-# message id is the receipt's (index notification_provider_id_idx). A receipt that matches
-# none stays pending (its notification's send is not recorded yet, or it is not ours) and is
-# tried again by APPLY_PENDING_RECEIPTS.
+# receipt's kind (%(channel_names)s / %(channel_kinds)s: the configured channels) whose 'sent'
+# event carries the receipt's provider message id (index event_provider_message_idx). A
+# receipt that matches none stays pending (its notification's send is not recorded yet, or it
+# is not ours) and is tried again by PENDING_RECEIPTS.
 # The rules, the same whatever order receipts arrive in:
 # - a receipt changes the status only of a notification the provider accepted (sent,
-#   delivered, undelivered); the final status is the strongest of its receipts:
+#   delivered, undelivered) in the send the receipt is about (its current provider message
+#   id); the final status is the strongest of its receipts:
 #   undelivered > delivered > sent. So an `undelivered` (a bounce) is never undone by a
 #   `delivered` that arrives after it, and a `delivered` that arrived before our `sent` was
 #   recorded applies as soon as it is;
@@ -674,10 +675,12 @@ WITH kinds AS (
 ), matched AS (
     SELECT r.id, r.source, r.kind, r.outcome, r.provider_status, r.error_code, r.detail, r.suppress_reason,
            r.provider_message_id, r.occurred_at, n.id AS notification_id, n.client_id, n.recipient,
-           n.status, n.attempts,
+           CASE WHEN n.provider_message_id = r.provider_message_id THEN n.status ELSE 'resent' END AS status,
+           n.attempts,
            CASE r.outcome WHEN 'undelivered' THEN 2 WHEN 'delivered' THEN 1 ELSE 0 END AS strength
     FROM receipt r
-    JOIN notification n ON n.provider_message_id = r.provider_message_id
+    JOIN notification n ON n.id IN (SELECT e.notification_id FROM notification_event e
+                                    WHERE e.provider_message_id = r.provider_message_id AND e.status = 'sent')
     JOIN kinds k ON k.channel = n.channel AND k.kind = r.kind
     WHERE r.id = ANY(%(receipt_ids)s::bigint[]) AND r.applied_at IS NULL AND r.provider_message_id <> ''
     ORDER BY n.id, r.id
@@ -704,15 +707,15 @@ WITH kinds AS (
 ), history AS (
     INSERT INTO notification_event (notification_id, status, attempt, error, provider_message_id,
                                     dispatcher, note, created_at)
-    SELECT m.notification_id, coalesce(c.status, m.status), m.attempts,
+    SELECT m.notification_id, coalesce(c.status, n.status), m.attempts,
            concat_ws(': ', nullif(m.error_code, ''), nullif(m.detail, '')), m.provider_message_id, '',
            'receipt from ' || m.source || ': ' || m.provider_status
            || coalesce(' at ' || to_char(m.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS "UTC"'), '')
            || CASE WHEN m.status NOT IN ('sent', 'delivered', 'undelivered')
-                   THEN ' (about an earlier send: the notification is ' || m.status || ')' ELSE '' END
+                   THEN ' (about an earlier send: the notification is ' || n.status || ')' ELSE '' END
            || CASE WHEN m.suppress_reason <> '' THEN '; recipient added to the suppression list' ELSE '' END,
            statement_timestamp()
-    FROM matched m LEFT JOIN changed c ON c.id = m.notification_id
+    FROM matched m JOIN notification n ON n.id = m.notification_id LEFT JOIN changed c ON c.id = m.notification_id
 ), suppressed AS (
     INSERT INTO suppression (client_id, kind, recipient, reason, notification_id, created_at)
     SELECT DISTINCT ON (client_id, kind, recipient) client_id, kind, recipient, suppress_reason, notification_id,
@@ -726,15 +729,16 @@ SELECT count(*) FROM matched
 """
 
 # Pending receipts (received in the last %(window_seconds)s, not applied) whose notification
-# now carries their provider message id: they came before the send was recorded. Run by the
+# now has a 'sent' event with their provider message id: they came before the send was
+# recorded. Run by the
 # dispatchers now and then, in a transaction with APPLY_RECEIPTS; index receipt_pending_idx
 # holds only the pending ones, so this costs next to nothing when there are none.
 PENDING_RECEIPTS = """
 SELECT r.id FROM receipt r
 WHERE r.applied_at IS NULL
   AND r.received_at > statement_timestamp() - make_interval(secs => %(window_seconds)s)
-  AND EXISTS (SELECT 1 FROM notification n WHERE n.provider_message_id = r.provider_message_id
-              AND r.provider_message_id <> '')
+  AND EXISTS (SELECT 1 FROM notification_event e WHERE e.provider_message_id = r.provider_message_id
+              AND e.status = 'sent' AND r.provider_message_id <> '')
 ORDER BY r.id
 LIMIT 1000
 FOR UPDATE OF r SKIP LOCKED

@@ -227,8 +227,8 @@ class Migration(migrations.Migration):
             field=models.CharField(choices=[('scheduled', 'Scheduled'), ('queued', 'Queued'), ('sending', 'Sending'), ('sent', 'Sent'), ('delivered', 'Delivered'), ('undelivered', 'Undelivered'), ('retrying', 'Retrying'), ('failed', 'Failed'), ('suppressed', 'Suppressed'), ('cancelled', 'Cancelled'), ('expired', 'Expired')], max_length=16),
         ),
         migrations.AddIndex(
-            model_name='notification',
-            index=models.Index(condition=models.Q(('provider_message_id', ''), _negated=True), fields=['provider_message_id'], name='notification_provider_id_idx'),
+            model_name='notificationevent',
+            index=models.Index(condition=models.Q(('provider_message_id', ''), _negated=True), fields=['provider_message_id'], name='event_provider_message_idx'),
         ),
         migrations.AddIndex(
             model_name='receipt',

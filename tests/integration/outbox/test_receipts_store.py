@@ -129,3 +129,15 @@ def test_notifications_accepted_before_the_first_endpoint_report_nothing_later(d
     assert not StatusEvent.objects.filter(notification_id=before).exists()
     assert list(StatusEvent.objects.filter(notification_id=after).order_by("sequence").values_list("type", flat=True)) \
         == ["accepted", "sent"]
+
+
+def test_a_late_receipt_about_an_earlier_send_of_a_resent_notification_is_history_only(db):
+    nid = enqueue_one("fake", "a@example.com", "hi")
+    sent(nid, "P-first")
+    assert store.resend(notification_id=nid, client_id=tenant().pk, note="resent by test")[1]
+    sent(nid, "P-second")
+    assert store.record_receipts([receipt("P-first", UNDELIVERED, "bounced")], channel_kinds=KINDS) == (1, 1)
+    assert status_of(nid) == "sent"  # the bounce was of the first send
+    assert "about an earlier send" in history(nid)[-1].note
+    store.record_receipts([receipt("P-second", DELIVERED, "delivered")], channel_kinds=KINDS)
+    assert status_of(nid) == "delivered"
