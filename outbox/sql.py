@@ -1,7 +1,8 @@
 """Every statement that moves a notification through delivery, in one place.
 
-outbox/store.py runs them. Tables: notification, notification_event and idempotency_key
-(notifications.models), outbox (outbox.models).
+outbox/store.py runs them. Tables: notification, notification_event, idempotency_key,
+suppression and receipt (notifications.models), outbox, channel_state and recipient_budget
+(outbox.models).
 
 Each statement is one round trip; its data-modifying CTEs make it atomic by itself. Rows go
 in as parallel arrays expanded with unnest(), so a batch of any size costs one statement.
@@ -15,7 +16,12 @@ deadlock each other.
 
 A row's life: ENQUEUE (due at once, or at send_at) -> CLAIM (leased to one dispatcher) ->
 START (the send begins; a CANCEL before this wins) -> FINISH (sent/failed: row deleted) or
-RETRY (released until its backoff ends).
+RETRY (released until its backoff ends). After the send, the provider's receipts
+(RECORD_RECEIPTS, APPLY_RECEIPTS) may make a sent notification delivered or undelivered.
+
+Every status change of a notification of a client with a webhook endpoint also writes a
+status event, by the triggers of notifications/migrations/0004_receipts_suppressions_status_events.py,
+in the same transaction as the statement here that changed it.
 """
 
 # Intake: the notifications, their first history event ('queued', or 'scheduled' when
