@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import dispatch, ingest, latency, pgbench, policy, procrastinate_ref, report, templates
+from .at_scale import claim_phase, history_phase, latency_1000_phase
 from .config import (
     BENCH_PGDATA,
     DEFAULT_JSON,
@@ -39,6 +40,9 @@ from .database import Server, run_lock
 from .servers import free_port, manage, service_env, start_gunicorn
 
 PHASES = ("ingest", "template", "batch", "latency", "dispatch", "batch1", "slow", "procrastinate", "policy")
+# At a deployment's scale (bench/at_scale.py), run last: they fill and then empty the tables.
+AT_SCALE_PHASES = ("history", "claim_backlog", "latency_1000")
+PHASES += AT_SCALE_PHASES
 
 
 class Run:
@@ -385,6 +389,12 @@ class Run:
             if "policy" in self.phases:
                 dispatch.setup_django(self.url, self.channels_file)
                 self.phase("policy", self.channel_policy)
+            if self.phases & set(AT_SCALE_PHASES):
+                dispatch.setup_django(self.url, self.channels_file)
+                for name, body in (("history", history_phase), ("claim_backlog", claim_phase),
+                                   ("latency_1000", latency_1000_phase)):
+                    if name in self.phases:
+                        self.phase(name, lambda body=body: body(self))
             if self.sizes.unindexed_lease_reference and not self.reference_missing and "dispatch" in self.phases:
                 self.phase("unindexed_lease_reference", self.unindexed_lease_reference)
         finally:

@@ -70,6 +70,9 @@ FIGURES = (
     "dispatcher_rss_mb", "commits_per_notification", "row_versions_per_delivery", "wal_bytes_per_delivery",
     "budget_send_rate_ratio", "budget_429_fraction", "breaker_attempts_during_outage", "breaker_recovery_s",
 )
+# At a deployment's scale (bench/at_scale.py): a long history, a backlog on another channel, 1,000/s offered.
+FIGURES += ("dispatch_at_1m_history_ratio", "ingest_at_1m_history_ratio", "claim_ms_at_100k_backlog_other_channel",
+            "latency_p99_ms_at_1000_per_s")
 
 # What the dispatcher runs with in every drain, as in a deployment (docker-compose: 2 processes,
 # the default 16 threads and batch of 100). procrastinate gets the same: 2 workers, 16 each.
@@ -80,3 +83,28 @@ GUNICORN_WORKERS = 4
 WRK_CONNECTIONS = 32
 LATENCY_RATE_PER_S = 50
 SLOW_LATENCY_MS = 100
+
+
+@dataclass(frozen=True)
+class AtScaleSizes:
+    """How much work the phases of bench/at_scale.py do (the drains are Sizes.drain_rows)."""
+
+    history_rows: int  # finished notifications (and twice as many events) in the history legs
+    alternate: bool  # legs empty, history, history, empty; else only empty, history
+    ingest_leg_seconds: int  # single POSTs in each leg
+    claim_backlog_rows: int  # due rows on the other channel
+    claims: int  # timed claims, with and without the backlog each
+    latency_rate_per_s: int
+    latency_seconds: int
+
+
+# Keyed by Sizes.name. The history is 1,000,000 rows in quick runs too (the figure is named
+# after it); smoke runs check that the pieces work, on small tables.
+AT_SCALE = {
+    "full": AtScaleSizes(history_rows=1_000_000, alternate=True, ingest_leg_seconds=10, claim_backlog_rows=100_000,
+                         claims=1_000, latency_rate_per_s=1_000, latency_seconds=15),
+    "quick": AtScaleSizes(history_rows=1_000_000, alternate=True, ingest_leg_seconds=4, claim_backlog_rows=100_000,
+                          claims=300, latency_rate_per_s=1_000, latency_seconds=5),
+    "smoke": AtScaleSizes(history_rows=10_000, alternate=False, ingest_leg_seconds=1, claim_backlog_rows=2_000,
+                          claims=20, latency_rate_per_s=1_000, latency_seconds=1),
+}

@@ -29,6 +29,13 @@ GOALS: dict[str, tuple[str, float]] = {
     "breaker_attempts_during_outage": ("<=", 10),
     "breaker_recovery_over_cool_down_s": ("<=", 2),  # breaker_recovery_s - cool_down
 }
+# At a deployment's scale (bench/at_scale.py): each ratio is to the same measurement on empty
+# tables in the same run.
+GOALS.update({
+    "dispatch_at_1m_history_ratio": (">=", 0.9),
+    "ingest_at_1m_history_ratio": (">=", 0.9),
+    "latency_p99_ms_at_1000_per_s": ("<=", 50),
+})
 
 
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
@@ -168,6 +175,21 @@ def table(figures: dict[str, Any], details: dict[str, Any]) -> str:
          f"{d('breaker_outage_s') or 'n/a'} s of 503", "", *goal("breaker_attempts_during_outage")),
         ("breaker_recovery_s", _fmt(f("breaker_recovery_s"), "s"), f"cool_down {d('breaker_cool_down_s') or 'n/a'} s",
          f"over cool_down {_fmt(d('breaker_recovery_over_cool_down_s'), 's')}", *goal("breaker_recovery_over_cool_down_s")),
+    ]
+    history_drain, history_ingest = d("history_drain_per_s") or {}, d("history_ingest_per_s") or {}
+    claim_without = (d("claim_ms_without_backlog") or {}).get("p50")
+    rows += [
+        ("dispatch_at_1m_history_ratio", _fmt(history_drain.get("history"), "/s"),
+         f"empty tables {_fmt(history_drain.get('empty'), '/s')}",
+         _fmt(f("dispatch_at_1m_history_ratio"), "ratio"), *goal("dispatch_at_1m_history_ratio")),
+        ("ingest_at_1m_history_ratio", _fmt(history_ingest.get("history"), "/s"),
+         f"empty tables {_fmt(history_ingest.get('empty'), '/s')}",
+         _fmt(f("ingest_at_1m_history_ratio"), "ratio"), *goal("ingest_at_1m_history_ratio")),
+        ("claim_ms_at_100k_backlog_other_channel", _fmt(f("claim_ms_at_100k_backlog_other_channel"), "ms"),
+         f"no backlog {_fmt(claim_without, 'ms')}", _fmt(d("claim_backlog_vs_without"), "ratio"), "", ""),
+        ("latency_p99_ms_at_1000_per_s", _fmt(f("latency_p99_ms_at_1000_per_s"), "ms"),
+         f"p50 {_fmt(d('latency_1000_p50_ms'), 'ms')}, offered {_fmt(d('latency_1000_offered_per_s'), '/s')}, "
+         f"accepted {_fmt(d('latency_1000_accepted_per_s'), '/s')}", "", *goal("latency_p99_ms_at_1000_per_s")),
     ]
     header = ("figure", "value", "reference", "ratio", "goal", "met?")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
