@@ -3,7 +3,8 @@
 Its parts, each on threads of its own:
 - the claim loop (`run`, on the main thread) claims rows into the lane of their channel, and as
   a lane's threads come free STARTs a group of its rows (one statement: from here on a cancel
-  is refused) and hands them to the lane's threads;
+  is refused) and hands them to the lane's threads; the rows its threads can take at once are
+  started by the claim itself (no START);
 - a lane per channel (`Lane`): the rows claimed for it and not started, and send threads of
   its own, so that a channel whose provider hangs holds up no other channel;
 - the send threads run `Channel.deliver`, which returns by the channel's deadline whatever the
@@ -55,15 +56,22 @@ def new_dispatcher_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
 
 
-def lease_allows_send(*, lease_left: float, send_timeout: float, waits_for_a_thread: bool = False) -> bool:
+# A started send waits for a thread at most about this long on average: a lane whose sends
+# are quick starts more rows at once (up to what the lease covers), one whose sends are slow
+# two per thread, so that a notification shows 'sending' (and refuses a cancel) only shortly
+# before its provider call.
+QUICK_WAIT_SECONDS = 0.05
+
+
+def lease_allows_send(*, lease_left: float, send_timeout: float, sends_before: int = 0) -> bool:
     """Whether a send may start with `lease_left` seconds of its lease to go.
 
     It must end inside the lease: otherwise another dispatcher could claim the row and send
     it too while this one is still sending. A send ends by its channel's deadline (plus the
-    slack of abandoning it); one that first waits for a thread may wait up to one send's time.
+    slack of abandoning it); one that first waits for a thread may wait for `sends_before`
+    sends, each as long.
     """
-    sends = 2 if waits_for_a_thread else 1
-    return lease_left >= sends * (send_timeout + DEADLINE_SLACK)
+    return lease_left >= (1 + sends_before) * (send_timeout + DEADLINE_SLACK)
 
 
 class Lane:
@@ -72,9 +80,6 @@ class Lane:
     def __init__(self, channel: Channel, threads: int, *, batch_size: int, lease_seconds: float):
         self.channel = channel
         self.threads = threads
-        # At most two sends per thread are started at once (one running, one queued), so a
-        # started send waits at most one send's time for a thread.
-        self.max_started = 2 * threads
         self.batch_size = batch_size
         # What its threads can send in one lease if every send runs to its deadline. A channel
         # whose provider hangs so holds (claimed or in flight) only rows it can send, not rows
@@ -83,14 +88,37 @@ class Lane:
         self.ready: deque[store.Delivery] = deque()  # claimed, not started
         self.in_flight = 0  # started, not finished (changed under Dispatcher._in_flight_lock)
         self.held = False  # ready rows wait for a free thread (see Dispatcher._start_ready)
+        self.mean_send_seconds: float | None = None  # moving average, from the lane's sends
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"send-{channel.name}")
 
+    @property
+    def max_started(self) -> int:
+        """How many of its rows may be started at once (sending, or waiting for a thread): two per
+        thread, so that a started send waits at most one send's time; for quick sends as many
+        as wait QUICK_WAIT_SECONDS on average, within the sends its lease covers."""
+        per_thread = 2
+        if self.mean_send_seconds is not None:
+            per_thread = max(2, 1 + int(QUICK_WAIT_SECONDS / max(self.mean_send_seconds, 1e-6)))
+        return self.threads * min(per_thread, max(2, self.lease_bound // self.threads))
+
+    def observe_send(self, seconds: float) -> None:
+        """A send took `seconds` (an exponential moving average of the last ~20)."""
+        mean = self.mean_send_seconds
+        self.mean_send_seconds = seconds if mean is None else mean + 0.05 * (seconds - mean)
+
     def room(self) -> int:
-        """How many rows to claim for it now: none until half of what it may hold is free."""
-        if self.in_flight >= self.max_started:
+        """How many rows to claim for it now: none while claimed rows wait to be started (the
+        next claim starts rows itself, see startable), and none until half of what it may hold
+        is free."""
+        if self.ready or self.in_flight >= self.max_started:
             return 0
-        free = min(self.batch_size - len(self.ready), self.lease_bound - len(self.ready) - self.in_flight)
-        return free if free >= min(self.batch_size, self.lease_bound) // 2 else 0
+        free = self.lease_bound - self.in_flight
+        return min(self.batch_size, free) if free >= min(self.batch_size, self.lease_bound) // 2 else 0
+
+    def startable(self) -> int:
+        """How many rows a claim for it may start in the same statement: as many as START would
+        take now, each under a fresh lease long enough for the sends queued before it."""
+        return max(0, min(self.max_started, self.lease_bound) - self.in_flight)
 
 
 class Dispatcher:
@@ -279,10 +307,16 @@ class Dispatcher:
         if not rooms:
             return False, True  # none can take more now; claim again as soon as one can
         limit = min(self.batch_size, sum(rooms.values()))
+        start = {name: self.lanes[name].startable() for name in rooms}
         claimed = store.claim(dispatcher=self.id, limit=limit, lease_seconds=self.lease_seconds,
-                              channels=rooms, max_attempts=self.retry_policy.max_attempts, policies=self.policies)
+                              channels=rooms, max_attempts=self.retry_policy.max_attempts, policies=self.policies,
+                              start={name: n for name, n in start.items() if n > 0})
         for delivery in claimed:
-            self.lanes[delivery.channel].ready.append(delivery)
+            lane = self.lanes[delivery.channel]
+            if delivery.started:
+                self._hand_over(lane, delivery)
+            else:
+                lane.ready.append(delivery)
             if delivery.probe:
                 logger.warning("channel %s: circuit breaker open -> half_open: notification=%s is the probe",
                                delivery.channel, delivery.notification_id)
@@ -300,11 +334,12 @@ class Dispatcher:
             if not lease_allows_send(lease_left=lease_left, send_timeout=send_timeout):
                 too_late.append(delivery)
                 continue
-            # Beyond the free threads, a started send waits for a thread, up to one send's
-            # time, before it runs: its lease must cover the wait too. If it cannot, it stays
-            # here, unstarted, until a thread is free.
-            waits = lane.in_flight + len(group) >= lane.threads
-            if waits and not lease_allows_send(lease_left=lease_left, send_timeout=send_timeout, waits_for_a_thread=True):
+            # Beyond the free threads, a started send waits for a thread, for the sends queued
+            # before it, before it runs: its lease must cover the wait too. If it cannot, it
+            # stays here, unstarted, until a thread is free.
+            sends_before = (lane.in_flight + len(group)) // lane.threads
+            if sends_before and not lease_allows_send(lease_left=lease_left, send_timeout=send_timeout,
+                                                      sends_before=sends_before):
                 held.append(delivery)
                 continue
             group.append(delivery)
@@ -326,10 +361,14 @@ class Dispatcher:
                 logger.info("notification=%s not sent: cancelled, expired or lease lost before the send",
                             delivery.notification_id)
                 continue
-            with self._in_flight_lock:
-                lane.in_flight += 1
-            lane.pool.submit(self._send, lane, delivery)
+            self._hand_over(lane, delivery)
         return True
+
+    def _hand_over(self, lane: Lane, delivery: store.Delivery) -> None:
+        """A started row to the lane's send threads."""
+        with self._in_flight_lock:
+            lane.in_flight += 1
+        lane.pool.submit(self._send, lane, delivery)
 
     def _release_ready(self) -> None:
         unstarted = [delivery for lane in self.lanes.values() for delivery in lane.ready]
@@ -359,13 +398,15 @@ class Dispatcher:
 
     def _send(self, lane: Lane, delivery: store.Delivery) -> None:
         try:
-            self.recorder.put(self._attempt(lane.channel, delivery))
+            outcome = self._attempt(lane.channel, delivery)
+            self.recorder.put(outcome)
+            lane.observe_send(outcome.duration)
         finally:
             with self._in_flight_lock:
                 lane.in_flight -= 1
                 # Wake the claim loop when half the lane's started capacity is free: STARTs
-                # then come in groups of at least `threads` rows, not one per finished send.
-                half_free = lane.in_flight == lane.threads
+                # and claims then come in groups, not one per finished send.
+                half_free = lane.in_flight == lane.max_started // 2
                 # Rows held for a free thread are started as soon as there is one.
                 wake = half_free or (lane.held and lane.in_flight < lane.threads)
             if wake:

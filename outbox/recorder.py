@@ -34,6 +34,10 @@ logger = logging.getLogger("outbox.dispatcher")
 # The database cannot be reached (down, restarting, the connection lost): try the same again.
 CONNECTION_ERRORS = (OperationalError, InterfaceError)
 MAX_BATCH = 1000
+# After the first outcome of a batch, wait this long for more: the outcomes of a claim's rows
+# come within milliseconds of each other, and one statement for them all costs the database
+# a fraction of one each. (A status shows 'sent' that much later; the send is not delayed.)
+LINGER_SECONDS = 0.005
 _STOP = object()  # end-of-work marker on the queue
 
 
@@ -71,9 +75,10 @@ class OutcomeRecorder:
         stopping = False
         while not stopping:
             batch = [self._queue.get()]
-            while len(batch) < MAX_BATCH:
+            linger_until = time.monotonic() + LINGER_SECONDS
+            while len(batch) < MAX_BATCH and batch[-1] is not _STOP:
                 try:
-                    batch.append(self._queue.get_nowait())
+                    batch.append(self._queue.get(timeout=max(0.0, linger_until - time.monotonic())))
                 except queue.Empty:
                     break
             if _STOP in batch:

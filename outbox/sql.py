@@ -15,7 +15,8 @@ Lock order is always outbox row, then notification row, so no two of these state
 deadlock each other.
 
 A row's life: ENQUEUE (due at once, or at send_at) -> CLAIM (leased to one dispatcher) ->
-START (the send begins; a CANCEL before this wins) -> FINISH (sent/failed: row deleted) or
+START (the send begins; a CANCEL before this wins; done by CLAIM itself for the rows that
+the dispatcher sends at once) -> FINISH (sent/failed: row deleted) or
 RETRY (released until its backoff ends). After the send, the provider's receipts
 (RECORD_RECEIPTS, APPLY_RECEIPTS) may make a sent notification delivered or undelivered.
 
@@ -127,6 +128,11 @@ WHERE client_id = %(client_id)s AND key = %(key)s
 #   each row goes to exactly one of them (a candidate left out by the cut is locked until
 #   the statement commits, no longer).
 # - lease_token fences everything the holder does next (START, FINISH, RETRY).
+# - The first %(start_limits)s rows of each channel of %(start_channels)s are also started:
+#   what START does (the row sending, its attempt counted, the notification 'sending') done
+#   by the claim for the rows the dispatcher's send threads take at once, so that a delivery
+#   costs one statement and one outbox row version less. The rest are leased unstarted, and
+#   a cancel still wins over them until their START.
 # A row whose previous holder had started its send and then lost the lease (it crashed,
 # stalled or lost the database) goes back to 'retrying' with an event saying so: the outcome
 # of that attempt is unknown, and at-least-once means sending again. Such attempts count like
@@ -170,14 +176,14 @@ WITH policy AS (
          WITH ORDINALITY AS p(priority, channel, room, ord)
     LEFT JOIN allowance a USING (channel)
 ), candidate AS (
-    SELECT o.id, o.attempts, o.locked_by AS expired_holder, o.sending AS was_sending,
+    SELECT o.id, o.notification_id, o.attempts, o.locked_by AS expired_holder, o.sending AS was_sending,
            o.sending AND o.attempts >= %(max_attempts)s AS exhausted, pair.channel, pair.ord, o.run_at,
            o.recipient, pair.channel_room, pair.recipient_rate,
            row_number() OVER (PARTITION BY pair.channel ORDER BY pair.ord, o.run_at, o.id) AS nth,
            row_number() OVER (PARTITION BY pair.channel, o.recipient ORDER BY pair.ord, o.run_at, o.id) AS nth_for_recipient
     FROM pair
     CROSS JOIN LATERAL (
-        SELECT id, attempts, locked_by, sending, run_at, recipient
+        SELECT id, notification_id, attempts, locked_by, sending, run_at, recipient
         FROM outbox
         WHERE channel = pair.channel
           AND priority = pair.priority
@@ -200,35 +206,56 @@ WITH policy AS (
     WHERE nth <= channel_room AND (recipient_rate IS NULL OR nth_for_recipient = 1)
     ORDER BY ord, run_at, id
     LIMIT %(limit)s
+), chosen AS (
+    -- The first %(start_limits)s rows of each channel are started by the claim itself (what
+    -- the dispatcher's send threads take at once: one statement instead of a CLAIM and a
+    -- START); the others are leased unstarted, and START marks them when threads come free.
+    -- A row past its expires_at is never started here: START expires it.
+    SELECT due.*,
+           NOT due.exhausted AND (n.expires_at IS NULL OR n.expires_at > statement_timestamp())
+           AND row_number() OVER (PARTITION BY due.channel ORDER BY due.ord, due.run_at, due.id)
+               <= coalesce(sl.start_limit, 0) AS start_now,
+           n.recipient AS to_recipient, n.subject, n.message, n.metadata, n.expires_at, n.html
+    FROM due
+    JOIN notification n ON n.id = due.notification_id
+    LEFT JOIN unnest(%(start_channels)s::text[], %(start_limits)s::int[]) AS sl(channel, start_limit)
+           ON sl.channel = due.channel
 ), leased AS (
     UPDATE outbox o
     SET locked_by = %(dispatcher)s,
         lease_token = %(lease_token)s,
-        sending = false,
+        sending = chosen.start_now,
+        attempts = o.attempts + chosen.start_now::int,
         run_at = statement_timestamp() + make_interval(secs => %(lease_seconds)s)
-    FROM due
-    WHERE o.id = due.id AND NOT due.exhausted
-    RETURNING o.id, o.notification_id, o.attempts, o.channel, o.origin, o.moved_at_attempt,
-              due.expired_holder, due.was_sending
-), lost AS (
+    FROM chosen
+    WHERE o.id = chosen.id AND NOT chosen.exhausted
+    RETURNING o.id, o.notification_id, chosen.attempts AS attempts_before, o.channel, o.origin, o.moved_at_attempt,
+              chosen.expired_holder, chosen.was_sending, chosen.start_now AS started
+), marked AS (
+    -- One update per notification: 'sending' for a row started here; 'retrying' for a row
+    -- whose previous holder had started its send and lost the lease (outcome unknown), and
+    -- is not started again by this claim.
     UPDATE notification n
-    SET status = 'retrying', updated_at = statement_timestamp(),
-        last_error = 'lease expired during the send; outcome unknown'
+    SET status = CASE WHEN leased.started THEN 'sending' ELSE 'retrying' END,
+        attempts = CASE WHEN leased.started THEN leased.attempts_before + 1 ELSE n.attempts END,
+        last_error = CASE WHEN leased.was_sending THEN 'lease expired during the send; outcome unknown'
+                          ELSE n.last_error END,
+        updated_at = statement_timestamp()
     FROM leased
-    WHERE n.id = leased.notification_id AND leased.was_sending
-    RETURNING n.id, leased.attempts, leased.expired_holder
+    WHERE n.id = leased.notification_id AND (leased.was_sending OR leased.started)
 ), lost_event AS (
     INSERT INTO notification_event (notification_id, status, attempt, error,
                                     provider_message_id, dispatcher, note, created_at)
-    SELECT id, 'retrying', attempts, 'lease expired during the send; outcome unknown', '',
+    SELECT notification_id, 'retrying', attempts_before, 'lease expired during the send; outcome unknown', '',
            expired_holder, 'dispatcher ' || expired_holder || ' did not record an outcome in time',
            statement_timestamp()
-    FROM lost
+    FROM leased
+    WHERE was_sending
 ), given_up AS (
     DELETE FROM outbox o
-    USING due
-    WHERE o.id = due.id AND due.exhausted
-    RETURNING o.notification_id, o.attempts, due.expired_holder
+    USING chosen
+    WHERE o.id = chosen.id AND chosen.exhausted
+    RETURNING o.notification_id, o.attempts, chosen.expired_holder
 ), failed AS (
     UPDATE notification n
     SET status = 'failed', updated_at = statement_timestamp(),
@@ -285,11 +312,11 @@ WITH policy AS (
     WHERE s.channel = st.channel
     RETURNING s.channel, st.probe AND taken.n > 0 AS probing
 )
-SELECT leased.id AS outbox_id, n.id, n.channel, n.recipient, n.subject, n.message, n.metadata,
-       leased.attempts + 1 AS attempt, n.expires_at,
-       coalesce((SELECT probing FROM charge WHERE charge.channel = n.channel), false) AS probe,
-       leased.origin, leased.moved_at_attempt, n.html
-FROM leased JOIN notification n ON n.id = leased.notification_id
+SELECT leased.id AS outbox_id, leased.notification_id, leased.channel, chosen.to_recipient, chosen.subject,
+       chosen.message, chosen.metadata, leased.attempts_before + 1 AS attempt, chosen.expires_at,
+       coalesce((SELECT probing FROM charge WHERE charge.channel = leased.channel), false) AS probe,
+       leased.origin, leased.moved_at_attempt, chosen.html, leased.started
+FROM leased JOIN chosen ON chosen.id = leased.id
 """
 
 # Start: the holder is about to send these rows. Each is marked sending (from now on a

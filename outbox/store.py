@@ -148,6 +148,7 @@ class Delivery:
     probe: bool = False  # the one send that tests a channel whose circuit breaker was open
     origin: str | None = None  # the channel it was accepted for, once it failed over
     moved_at_attempt: int = 0  # its attempts when it moved: attempt - this are on `channel`
+    started: bool = False  # the claim also started it (CLAIM's start_limits): send it now, no START
 
     @property
     def notification_id(self) -> str:
@@ -155,9 +156,12 @@ class Delivery:
 
 
 def claim(*, dispatcher: str, limit: int, lease_seconds: float, channels: Iterable[str] | Mapping[str, int],
-          max_attempts: int | None = None, policies: Mapping[str, ChannelPolicy] | None = None) -> list[Delivery]:
+          max_attempts: int | None = None, policies: Mapping[str, ChannelPolicy] | None = None,
+          start: Mapping[str, int] | None = None) -> list[Delivery]:
     """Lease up to `limit` due rows of `channels` to `dispatcher` and return them; `channels`
-    may map each channel to the most rows to take of it. `policies` (channel -> its policy)
+    may map each channel to the most rows to take of it. `start` (channel -> how many) starts
+    that many of each channel's rows in the same statement, as start() would: they come back
+    with `started` set and must be sent now. `policies` (channel -> its policy)
     caps each channel by its rate budget and circuit breaker, shared by the fleet (their rows
     must exist: ensure_channel_states). A row whose lease lapsed during its send after
     `max_attempts` attempts (default OUTBOX_MAX_ATTEMPTS) is failed instead."""
@@ -165,7 +169,7 @@ def claim(*, dispatcher: str, limit: int, lease_seconds: float, channels: Iterab
         max_attempts = settings.OUTBOX["MAX_ATTEMPTS"]
     limits = dict(channels) if isinstance(channels, Mapping) else dict.fromkeys(channels, limit)
     token = uuid.uuid4()
-    started = time.monotonic()
+    claimed_at = time.monotonic()
     # Every (priority, channel) pair, priorities first; channels in a new order each time.
     channel_order = random.sample(list(limits), len(limits))
     pairs = [(priority, channel) for priority in PRIORITIES for channel in channel_order]
@@ -187,11 +191,12 @@ def claim(*, dispatcher: str, limit: int, lease_seconds: float, channels: Iterab
              "priorities": [p for p, _ in pairs], "channels": [c for _, c in pairs],
              "channel_limits": [min(limits[c], limit) for _, c in pairs], "limit": limit,
              "dispatcher": dispatcher, "lease_token": token, "lease_seconds": lease_seconds,
-             "max_attempts": max_attempts},
+             "max_attempts": max_attempts,
+             "start_channels": list(start or ()), "start_limits": list((start or {}).values())},
         )
         rows = cursor.fetchall()
     # The lease is measured from before the statement ran, so the local deadline errs early.
-    lease_expires = started + lease_seconds
+    lease_expires = claimed_at + lease_seconds
     return [
         Delivery(
             outbox_id=outbox_id,
@@ -206,9 +211,10 @@ def claim(*, dispatcher: str, limit: int, lease_seconds: float, channels: Iterab
             probe=probe,
             origin=origin,
             moved_at_attempt=moved_at_attempt,
+            started=started,
         )
         for (outbox_id, notification_id, channel, recipient, subject, body, metadata, attempt, _, probe,
-             origin, moved_at_attempt, html) in rows
+             origin, moved_at_attempt, html, started) in rows
     ]
 
 

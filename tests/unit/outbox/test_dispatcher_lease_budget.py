@@ -71,8 +71,8 @@ def delivery(lease_left: float, outbox_id: int = 1) -> store.Delivery:
 def test_the_lease_budget_is_one_send_with_a_free_thread_and_two_when_a_thread_must_be_waited_for():
     assert lease_allows_send(lease_left=ONE_SEND, send_timeout=SEND_TIMEOUT)
     assert not lease_allows_send(lease_left=ONE_SEND - 0.01, send_timeout=SEND_TIMEOUT)
-    assert lease_allows_send(lease_left=2 * ONE_SEND, send_timeout=SEND_TIMEOUT, waits_for_a_thread=True)
-    assert not lease_allows_send(lease_left=2 * ONE_SEND - 0.01, send_timeout=SEND_TIMEOUT, waits_for_a_thread=True)
+    assert lease_allows_send(lease_left=2 * ONE_SEND, send_timeout=SEND_TIMEOUT, sends_before=1)
+    assert not lease_allows_send(lease_left=2 * ONE_SEND - 0.01, send_timeout=SEND_TIMEOUT, sends_before=1)
 
 
 @pytest.fixture
