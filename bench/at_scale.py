@@ -9,9 +9,9 @@ Three phases of `python -m bench`, each measured with the real processes on the 
   up during the phase weighs on both sides alike), and each side's rate is the mean of its legs.
   Only one fill: the tables are emptied (TRUNCATE) for the last leg.
 - claim_backlog (claim_ms_at_100k_backlog_other_channel): the time of outbox.store.claim
-  for a channel with a few due rows while another channel has 100,000 due, as a dispatcher of
-  the first channel alone issues it (its own transaction, committed); the rows are given back
-  with outbox.store.release after each claim, untimed, so every claim sees the same state.
+  for a channel with a few due rows while another channel has 100,000 due, as an idle
+  dispatcher of the first channel alone issues it; each claim is rolled back, so every claim
+  sees the same state.
 - latency_1000 (latency_p99_ms_at_1000_per_s): bench/latency.py's commit-to-send-call latency,
   with 1,000 single POSTs a second offered open loop (bench/openloop.py) instead of 50.
 """
@@ -145,28 +145,37 @@ def claim_phase(run: Any) -> None:
                          f"this {run.sizes.name} run, not 100,000")
 
 
-def _time_claims(run: Any, count: int) -> list[float]:
-    """Milliseconds of each of `count` claims of CLAIMED_CHANNEL (outbox.store.claim, as a
-    dispatcher calls it: autocommit, its own transaction); each claim's rows are released
-    afterwards, untimed. Every 50 claims the outbox is vacuumed, untimed too: each claim and
-    release writes new versions of the claimed rows, whose dead ones the claims would
-    otherwise read more of each time (a dispatcher's outbox has autovacuum for that)."""
+def _claim() -> list[Any]:
+    """One claim of CLAIMED_CHANNEL as an idle dispatcher of that channel alone issues it: a
+    batch's room, and its rows started in the same statement (an idle lane starts what it
+    claims, up to twice its threads: Lane.startable)."""
     from outbox import store
 
+    return store.claim(dispatcher="bench-claim", limit=CLAIM_LIMIT, lease_seconds=60,
+                       channels={CLAIMED_CHANNEL: CLAIM_LIMIT}, start={CLAIMED_CHANNEL: 2 * DISPATCH_THREADS})
+
+
+def _time_claims(run: Any, count: int) -> list[float]:
+    """Milliseconds of each of `count` claims (_claim: the statement's round trip and its rows
+    turned into deliveries), each in a transaction rolled back afterwards so that every claim
+    finds the same rows due. Every 50 claims the outbox is vacuumed, untimed: each claim
+    writes new versions of the rows it leases, whose dead ones the claims would otherwise read
+    more of each time (a deployment's outbox has autovacuum for that)."""
+    from django.db import connection, transaction
+
     timings = []
-    # Untimed: the connection, and the first executions of the statement (psycopg prepares it
-    # at the fifth, as in a dispatcher).
-    for _ in range(6):
-        store.release(store.claim(dispatcher="bench-claim", limit=CLAIM_LIMIT, lease_seconds=60,
-                                  channels={CLAIMED_CHANNEL: CLAIM_LIMIT}))
-    for i in range(count):
-        started = time.perf_counter()
-        claimed = store.claim(dispatcher="bench-claim", limit=CLAIM_LIMIT, lease_seconds=60,
-                              channels={CLAIMED_CHANNEL: CLAIM_LIMIT})
-        timings.append((time.perf_counter() - started) * 1000)
+    for i in range(count + 5):
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")  # BEGIN goes out with this, untimed
+            started = time.perf_counter()
+            claimed = _claim()
+            elapsed = (time.perf_counter() - started) * 1000
+            transaction.set_rollback(True)
         if len(claimed) != CLAIMED_ROWS:
             raise RuntimeError(f"a claim of {CLAIMED_CHANNEL} returned {len(claimed)} rows, not {CLAIMED_ROWS}")
-        store.release(claimed)
+        if i >= 5:  # untimed: the connection, and the statement's first executions (psycopg prepares it at the 5th)
+            timings.append(elapsed)
         if i % 50 == 49:
             with run.server.connect(run.dbname) as conn:
                 conn.execute("VACUUM outbox")
@@ -179,8 +188,6 @@ def _explain_claim(connection: Any) -> dict[str, Any]:
     and the buffers read, and the plan's text in full."""
     from django.db import transaction
 
-    from outbox import store
-
     caught: list[tuple[str, Any]] = []
 
     def catch(execute, sql, params, many, context):
@@ -189,13 +196,15 @@ def _explain_claim(connection: Any) -> dict[str, Any]:
 
     with transaction.atomic():
         with connection.execute_wrapper(catch):
-            store.claim(dispatcher="bench-claim", limit=CLAIM_LIMIT, lease_seconds=60,
-                        channels={CLAIMED_CHANNEL: CLAIM_LIMIT})
+            _claim()
         transaction.set_rollback(True)
     statement, params = caught[-1]  # the CLAIM itself (a LOCK_CHANNEL_STATES may precede it)
+    # Each in a transaction of its own: within one, the second would find the rows the first leased.
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statement, params)
         plan = cursor.fetchone()[0]
+        transaction.set_rollback(True)
+    with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + statement, params)
         text = "\n".join(row[0] for row in cursor.fetchall())
         transaction.set_rollback(True)
@@ -212,8 +221,6 @@ def latency_1000_phase(run: Any) -> None:
     each request leaves at its time whatever the earlier answers took, up to
     openloop.MAX_IN_FLIGHT at once). The details say what rate was really offered and
     accepted, and whether the generator kept to its schedule."""
-    if not run.commit_timestamps:
-        raise RuntimeError("latency_1000 needs track_commit_timestamp (the harness's embedded server has it)")
     sizes = AT_SCALE[run.sizes.name]
     rate = sizes.latency_rate_per_s
     run.say(f"latency at {rate:,}/s offered for {sizes.latency_seconds}s, {DISPATCH_PROCESSES} dispatchers")
@@ -239,17 +246,21 @@ def latency_1000_phase(run: Any) -> None:
             process.stop()
     finally:
         api.stop()
+    # As bench/latency.py: from the commit, or where the server does not record commit times
+    # (a DATABASE_URL server without track_commit_timestamp) from the transaction's start.
+    query = ("SELECT notification_id::text, extract(epoch FROM pg_xact_commit_timestamp(xmin))::float8 "
+             "FROM notification_event WHERE status = 'queued' AND notification_id = ANY(%s::uuid[])"
+             if run.commit_timestamps else
+             "SELECT id::text, extract(epoch FROM created_at)::float8 FROM notification WHERE id = ANY(%s::uuid[])")
     with run.server.connect(run.dbname) as conn:
-        committed = dict(conn.execute(
-            "SELECT notification_id::text, extract(epoch FROM pg_xact_commit_timestamp(xmin))::float8 "
-            "FROM notification_event WHERE status = 'queued' AND notification_id = ANY(%s::uuid[])",
-            (list(offered.accepted),)).fetchall())
+        committed = dict(conn.execute(query, (list(offered.accepted),)).fetchall())
     latencies = [(sent[nid] - committed[nid]) * 1000 for nid in offered.accepted]
     dispatch.reset_outbox(run.server, run.dbname)
     run.figures["latency_p99_ms_at_1000_per_s"] = ingest.percentile(latencies, 99)
     run.details.update(
         latency_1000_p50_ms=ingest.percentile(latencies, 50), latency_1000_max_ms=max(latencies),
-        latency_1000_samples=len(latencies), latency_1000_target_per_s=rate, **offered.details("latency_1000"))
+        latency_1000_samples=len(latencies), latency_1000_target_per_s=rate,
+        latency_1000_origin="commit" if run.commit_timestamps else "created_at", **offered.details("latency_1000"))
     run.say(f"  offered {offered.offered_per_s:,.0f}/s, accepted {offered.accepted_per_s:,.0f}/s; commit to send "
             f"p50 {ingest.percentile(latencies, 50):.1f} ms, p99 {ingest.percentile(latencies, 99):.1f} ms")
     if not offered.kept_up(rate):

@@ -71,3 +71,25 @@ def test_smoke_run_writes_every_figure_as_a_number(tmp_path):
     assert details["ingest_template_errors"] == 0 and details["ingest_template_requests"] > 0
     assert details["goals"]["ingest_template_vs_plain"]["goal"] == ">= 0.8"
     assert "| ingest_template_per_s" in done.stdout and "ingest_template_vs_plain" in done.stdout
+
+    # At a deployment's scale (bench/at_scale.py), at smoke sizes: each figure, its row and goal,
+    # and what it was measured from.
+    for name in ("dispatch_at_1m_history_ratio", "ingest_at_1m_history_ratio",
+                 "claim_ms_at_100k_backlog_other_channel", "latency_p99_ms_at_1000_per_s"):
+        assert f"| {name}" in done.stdout, name
+    assert details["goals"]["dispatch_at_1m_history_ratio"]["goal"] == ">= 0.9"
+    assert details["goals"]["ingest_at_1m_history_ratio"]["goal"] == ">= 0.9"
+    assert details["goals"]["latency_p99_ms_at_1000_per_s"]["goal"] == "<= 50"
+    legs = details["history_legs"]
+    assert [leg["leg"] for leg in legs] == ["empty", "history"]
+    # The empty leg starts from (nearly) empty tables, the history leg from the history and more.
+    assert legs[0]["rows_before"]["notification"] < details["history_rows"] <= legs[1]["rows_before"]["notification"]
+    assert legs[1]["rows_before"]["notification_event"] >= 2 * details["history_rows"]
+    assert all(leg["ingest_errors"] == 0 for leg in legs)
+    assert "history rows in this smoke run" in notes
+    claims = details["claim_ms_at_backlog"]
+    assert claims["p99"] >= document["claim_ms_at_100k_backlog_other_channel"] > 0
+    assert details["claim_ms_without_backlog"]["p50"] > 0
+    assert details["claim_explain"]["with_backlog"]["shared_hit_blocks"] > 0
+    assert details["latency_1000_accepted"] == details["latency_1000_samples"] > 0
+    assert details["latency_1000_offered_per_s"] > 0 and details["latency_1000_p50_ms"] > 0
