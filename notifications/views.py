@@ -7,6 +7,7 @@ notifications, and another client's id answers 404.
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from base64 import b64decode
 from urllib import parse
 
@@ -131,6 +132,19 @@ def _intake_context(request) -> dict:
     return {"client": request.user, "rendering": template_store.RequestRendering()}
 
 
+def _detail_path(notification_id) -> str:
+    """The path of a notification (its Location): the URL pattern reversed once per process,
+    not per request."""
+    global _DETAIL_PATH
+    if _DETAIL_PATH is None:
+        placeholder = uuid.UUID(int=0)
+        _DETAIL_PATH = reverse("notification-detail", kwargs={"pk": placeholder}).replace(str(placeholder), "{}")
+    return _DETAIL_PATH.format(notification_id)
+
+
+_DETAIL_PATH: str | None = None
+
+
 def _replayed_headers(replayed: bool) -> dict[str, str]:
     return {"Idempotent-Replayed": "true"} if replayed else {}
 
@@ -162,7 +176,7 @@ class NotificationListView(APIView):
             notification = Notification.objects.get(pk=written.id)
         else:
             notification = services.as_notification(new, written, request.user)
-        location = reverse("notification-detail", kwargs={"pk": notification.id}, request=request)
+        location = request.build_absolute_uri(_detail_path(notification.id))
         return Response(
             NotificationSerializer(notification).data, status=status.HTTP_202_ACCEPTED,
             headers={"Location": location, **_replayed_headers(replayed)},

@@ -476,3 +476,33 @@ def test_failed_outbox_insert_writes_nothing(outbox_insert_fails):
     assert Notification.objects.count() == 0
     assert NotificationEvent.objects.count() == 0
     assert OutboxEntry.objects.count() == 0
+
+
+# --- the answer's shape --------------------------------------------------------------------
+
+
+def test_the_hand_written_answer_equals_drfs_generic_serialization(client, db):
+    """NotificationSerializer and NotificationDetailSerializer write their fields directly
+    (serializers.py); DRF's generic walk of the declared fields must give the same answer, for
+    notifications with every optional field set and with none."""
+    from rest_framework import serializers as drf
+
+    from notifications.serializers import NotificationDetailSerializer, NotificationSerializer
+
+    full = post(client, {"channel": "email-log", "to": "ann@example.com", "subject": "S", "message": "M",
+                         "metadata": {"order": [1, {"x": None}], "ü": "é"}, "priority": "high",
+                         "send_at": (timezone.now() + timedelta(hours=1)).isoformat(),
+                         "expires_at": (timezone.now() + timedelta(hours=2)).isoformat()})
+    bare = post(client, {"type": "sms-log", "to": "+14155550100", "message": "M"})
+    assert full.status_code == bare.status_code == 202
+    Notification.objects.filter(pk=bare.json()["id"]).update(sent_at=timezone.now(), provider_message_id="p-1",
+                                                              attempts=2, last_error="x")
+    for answer in (full, bare):
+        notification = Notification.objects.get(pk=answer.json()["id"])
+        for serializer_class in (NotificationSerializer, NotificationDetailSerializer):
+            serializer = serializer_class(notification)
+            generic = drf.Serializer.to_representation(serializer, notification)
+            assert serializer.data == generic
+            assert list(serializer.data) == list(generic)  # the same order of keys
+        if answer is full:  # the 202 answer, built from what was written, is the stored notification's
+            assert answer.json() == json.loads(json.dumps(NotificationSerializer(notification).data))
