@@ -10,8 +10,8 @@ Three phases of `python -m bench`, each measured with the real processes on the 
   Only one fill: the tables are emptied (TRUNCATE) for the last leg.
 - claim_backlog (claim_ms_at_100k_backlog_other_channel): the time of outbox.store.claim
   for a channel with a few due rows while another channel has 100,000 due, as an idle
-  dispatcher of the first channel alone issues it; each claim is rolled back, so every claim
-  sees the same state.
+  dispatcher of the first channel alone issues it; between claims, untimed, the claimed rows
+  are replaced by as many new ones, so every claim sees the same state.
 - latency_1000 (latency_p99_ms_at_1000_per_s): bench/latency.py's commit-to-send-call latency,
   with 1,000 single POSTs a second offered open loop (bench/openloop.py) instead of 50.
 """
@@ -55,8 +55,9 @@ def history_phase(run: Any) -> None:
     posts: dict[str, list[float]] = {"empty": [], "history": []}
     leg_details: list[dict[str, Any]] = []
     try:
-        # Untimed: each gunicorn worker loads its views and connects at its first requests.
-        ingest.warm_up(port=port, api_key=run.api_key, seconds=max(1, run.sizes.wrk_warmup_seconds),
+        # Untimed: each gunicorn worker loads its views and connects at its first requests
+        # (2 s at least: the first leg would otherwise pay for what the others do not).
+        ingest.warm_up(port=port, api_key=run.api_key, seconds=max(2, run.sizes.wrk_warmup_seconds),
                        connections=WRK_CONNECTIONS, log_dir=run.dir, use_wrk=run.use_wrk)
         state = None
         for number, leg in enumerate(legs, 1):
@@ -120,12 +121,14 @@ def claim_phase(run: Any) -> None:
     dispatch.enqueue_bulk(CLAIMED_ROWS, channel=CLAIMED_CHANNEL)
     dispatch.vacuum(run.server, run.dbname)
     without = _time_claims(run, sizes.claims)
+    plans_without = _prepared_plans(connection)
     explain_without = _explain_claim(connection)
     started = time.monotonic()
     dispatch.enqueue_bulk(sizes.claim_backlog_rows, channel=BACKLOG_CHANNEL)
     dispatch.vacuum(run.server, run.dbname)
     run.say(f"  {sizes.claim_backlog_rows:,} queued for {BACKLOG_CHANNEL} in {time.monotonic() - started:.1f}s")
     with_backlog = _time_claims(run, sizes.claims)
+    plans_with = _prepared_plans(connection)
     explain_with = _explain_claim(connection)
     dispatch.reset_outbox(run.server, run.dbname)
     connection.close()
@@ -138,7 +141,8 @@ def claim_phase(run: Any) -> None:
         claim_ms_without_backlog={"p50": median(without), "p99": ingest.percentile(without, 99),
                                   "mean": statistics.fmean(without)},
         claim_backlog_vs_without=median(with_backlog) / median(without),
-        claim_explain={"without_backlog": explain_without, "with_backlog": explain_with})
+        claim_explain={"without_backlog": explain_without, "with_backlog": explain_with},
+        claim_prepared_plans={"without_backlog": plans_without, "with_backlog": plans_with})
     run.say(f"  claim p50 {median(without):.2f} ms without the backlog, {median(with_backlog):.2f} ms with it")
     if sizes.claim_backlog_rows != 100_000:
         run.notes.append(f"claim_ms_at_100k_backlog_other_channel: a backlog of {sizes.claim_backlog_rows:,} rows in "
@@ -157,29 +161,51 @@ def _claim() -> list[Any]:
 
 def _time_claims(run: Any, count: int) -> list[float]:
     """Milliseconds of each of `count` claims (_claim: the statement's round trip and its rows
-    turned into deliveries), each in a transaction rolled back afterwards so that every claim
-    finds the same rows due. Every 50 claims the outbox is vacuumed, untimed: each claim
-    writes new versions of the rows it leases, whose dead ones the claims would otherwise read
-    more of each time (a deployment's outbox has autovacuum for that)."""
-    from django.db import connection, transaction
+    turned into deliveries), committed as a dispatcher's are. Between two claims, untimed, the
+    claimed rows (started: a dispatcher would send them now) are deleted from the outbox and as
+    many new ones queued through outbox.store.enqueue, so that every claim finds the same due
+    rows. Not a rollback: psycopg forgets its prepared statements at every ROLLBACK, and a
+    dispatcher's claims are prepared ones. Every 50 claims the outbox is vacuumed, untimed
+    too, as autovacuum would: the claims would otherwise read more dead row versions each time."""
+    from django.db import connection
 
+    from notifications.ids import new_notification_id
+    from outbox import store
+
+    client_id = _client_id(run)
     timings = []
     for i in range(count + 5):
-        with transaction.atomic():
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT 1")  # BEGIN goes out with this, untimed
-            started = time.perf_counter()
-            claimed = _claim()
-            elapsed = (time.perf_counter() - started) * 1000
-            transaction.set_rollback(True)
+        started = time.perf_counter()
+        claimed = _claim()
+        elapsed = (time.perf_counter() - started) * 1000
         if len(claimed) != CLAIMED_ROWS:
             raise RuntimeError(f"a claim of {CLAIMED_CHANNEL} returned {len(claimed)} rows, not {CLAIMED_ROWS}")
         if i >= 5:  # untimed: the connection, and the statement's first executions (psycopg prepares it at the 5th)
             timings.append(elapsed)
+        with connection.cursor() as cursor:
+            cursor.execute("DELETE FROM outbox WHERE id = ANY(%s)", [[d.outbox_id for d in claimed]])
+        store.enqueue([store.NewNotification(id=new_notification_id(), channel=CLAIMED_CHANNEL,
+                                             recipient=f"claim{n}@example.com", message="claim")
+                       for n in range(CLAIMED_ROWS)], client_id=client_id)
         if i % 50 == 49:
             with run.server.connect(run.dbname) as conn:
                 conn.execute("VACUUM outbox")
     return timings
+
+
+def _prepared_plans(connection: Any) -> dict[str, int] | None:
+    """How the server planned the claims of this connection: psycopg prepares a statement at
+    its 5th execution, and the server then plans each execution anew (custom plans) unless a
+    generic plan looks as cheap. The CLAIM is found by its text up to its first parameter
+    (psycopg sends $1, $2... where outbox/sql.py has %(name)s)."""
+    from outbox import sql
+
+    prefix = sql.CLAIM.split("%(", 1)[0]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                       "WHERE left(statement, length(%s)) = %s", [prefix, prefix])
+        row = cursor.fetchone()
+    return None if row is None else {"generic_plans": row[0], "custom_plans": row[1]}
 
 
 def _explain_claim(connection: Any) -> dict[str, Any]:
