@@ -17,7 +17,11 @@ class OutboxEntry(models.Model):
     run_at) therefore serves new work, due retries and expired leases alike (outbox/sql.py, CLAIM).
     """
 
-    notification = models.OneToOneField("notifications.Notification", on_delete=models.CASCADE, related_name="+")
+    # No foreign key constraint in the database, as for NotificationEvent.notification: ENQUEUE
+    # and RESEND write the row with (or for) its notification, FINISH deletes it before any
+    # notification can go; the unique index stays.
+    notification = models.OneToOneField("notifications.Notification", on_delete=models.CASCADE, related_name="+",
+                                        db_constraint=False)
     channel = models.CharField(max_length=100)
     run_at = models.DateTimeField(db_default=models.functions.Now())
     priority = models.SmallIntegerField(default=1)
