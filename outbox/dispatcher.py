@@ -34,6 +34,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 from django.db import DatabaseError, InterfaceError, connection
+from django.db.backends.signals import connection_created
 
 from channels.base import Channel
 from channels.errors import PermanentChannelError, RecipientRefusedError, TransientChannelError
@@ -49,6 +50,15 @@ logger = logging.getLogger("outbox.dispatcher")
 
 # How long after its deadline an abandoned send may take to come back (Channel.deliver).
 DEADLINE_SLACK = 0.5
+
+
+def _without_jit(sender, connection, **kwargs) -> None:
+    """No JIT compilation on a dispatcher's connections. With a large backlog the planner's
+    estimate for CLAIM passes jit_above_cost, and compiling it took 104 ms of a 113 ms claim
+    (PostgreSQL 15, 100,000 rows due on another channel); these statements touch a few hundred
+    rows, which JIT never makes faster."""
+    with connection.cursor() as cursor:
+        cursor.execute("SET jit = off")
 
 
 def new_dispatcher_id() -> str:
@@ -194,6 +204,9 @@ class Dispatcher:
             "dispatcher %s started: channels=%s threads=%d per channel batch=%d lease=%.0fs",
             self.id, ",".join(sorted(self.channels)), self.threads, self.batch_size, self.lease_seconds,
         )
+        connection_created.connect(_without_jit, dispatch_uid="outbox.dispatcher.without_jit")
+        if connection.connection is not None:  # opened before: it needs the setting too
+            _without_jit(None, connection)
         heartbeat = Heartbeat(dispatcher_id=self.id, channels=sorted(self.channels), stats=self.stats)
         heartbeat.start()
         listener = OutboxListener(on_notify=self._notified, stop=self._stop)
