@@ -6,7 +6,7 @@ own resolution does not matter:
 - first claim: a claim moves a row's run_at to the end of its lease (outbox/sql.py, CLAIM),
   so the earliest `run_at - lease` among leased rows, seen by a poller within milliseconds of
   the first claim, is that claim's time;
-- last outcome: the latest 'sent' event's created_at (FINISH's statement time).
+- last outcome: the latest 'sent' event's created_at (RECORD's statement time).
 The outbox is filled beforehand through outbox.store.enqueue (the intake's own statement,
 1,000 rows per call), then vacuumed, as a backlog would be after a burst of intake.
 """

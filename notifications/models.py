@@ -147,7 +147,7 @@ class NotificationEvent(models.Model):
         indexes = [
             # Receipts find their notification by the provider's message id of its 'sent' event
             # (outbox/sql.py, APPLY_RECEIPTS). On the history, not on the notification: an index
-            # on notification.provider_message_id would make FINISH's update of it a non-HOT
+            # on notification.provider_message_id would make RECORD's update of it a non-HOT
             # one, with an entry in every index of the notification (10% of a no-op drain).
             models.Index(fields=["provider_message_id"], name="event_provider_message_idx",
                          condition=~models.Q(provider_message_id="")),

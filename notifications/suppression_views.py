@@ -4,7 +4,7 @@
     DELETE /api/v1/suppressions/{kind}/{recipient}   send to it again
 
 Entries are added by the delivery side (a hard bounce, a complaint, an unsubscribe, an SMS
-opt-out, a Slack channel gone: outbox/sql.py FINISH and APPLY_RECEIPTS) and by hand in the
+opt-out, a Slack channel gone: outbox/sql.py RECORD and APPLY_RECEIPTS) and by hand in the
 admin. A notification to a suppressed recipient is accepted as `suppressed` and never sent,
 unless its request sets "ignore_suppression": true.
 """

@@ -18,7 +18,7 @@ class OutboxEntry(models.Model):
     """
 
     # No foreign key constraint in the database, as for NotificationEvent.notification: ENQUEUE
-    # and RESEND write the row with (or for) its notification, FINISH deletes it before any
+    # and RESEND write the row with (or for) its notification, RECORD deletes it before any
     # notification can go; the unique index stays.
     notification = models.OneToOneField("notifications.Notification", on_delete=models.CASCADE, related_name="+",
                                         db_constraint=False)

@@ -16,8 +16,8 @@ deadlock each other.
 
 A row's life: ENQUEUE (due at once, or at send_at) -> CLAIM (leased to one dispatcher) ->
 START (the send begins; a CANCEL before this wins; done by CLAIM itself for the rows that
-the dispatcher sends at once) -> FINISH (sent/failed: row deleted) or
-RETRY (released until its backoff ends). After the send, the provider's receipts
+the dispatcher sends at once) -> RECORD (sent/failed: row deleted; retrying: released until
+its backoff ends). After the send, the provider's receipts
 (RECORD_RECEIPTS, APPLY_RECEIPTS) may make a sent notification delivered or undelivered.
 
 Every status change of a notification of a client with a webhook endpoint also writes a
@@ -127,7 +127,7 @@ WHERE client_id = %(client_id)s AND key = %(key)s
 # - FOR UPDATE SKIP LOCKED: concurrent claimers skip each other's rows instead of waiting;
 #   each row goes to exactly one of them (a candidate left out by the cut is locked until
 #   the statement commits, no longer).
-# - lease_token fences everything the holder does next (START, FINISH, RETRY).
+# - lease_token fences everything the holder does next (START, RECORD).
 # - The first %(start_limits)s rows of each channel of %(start_channels)s are also started:
 #   what START does (the row sending, its attempt counted, the notification 'sending') done
 #   by the claim for the rows the dispatcher's send threads take at once, so that a delivery
@@ -374,61 +374,34 @@ UNION ALL
 SELECT id FROM held WHERE already_started
 """
 
-# Final outcomes ('sent' or 'failed'), one row each: the outbox row goes, the notification
-# takes its final status, the attempt lands in the history. A failure with a
-# %(suppress_reasons)s (channels.errors.RecipientRefusedError: an opt-out, a channel gone) adds
-# the recipient to the client's suppression list for the channel's %(kinds)s.
-# Fencing: a row is finished only if it still carries the lease_token of the claim that sent
+# Outcomes of sends, one row each, the whole batch in one statement:
+# - final ('sent' or 'failed'): the outbox row goes, the notification takes its final status.
+#   A failure with a %(suppress_reasons)s (channels.errors.RecipientRefusedError: an opt-out, a
+#   channel gone) adds the recipient to the client's suppression list for the channel's %(kinds)s;
+# - transient ('retrying'): the lease is released and the row is due again after its backoff
+#   (%(delays)s, from outbox.retry.RetryPolicy); the notification shows 'retrying' with the
+#   error and the time of the next attempt. A row given a %(move_tos)s channel fails over
+#   (channels.policy fallback): it moves to that channel, due at once, remembering its origin;
+#   the notification's channel follows, and its history says so;
+# and every attempt lands in the history.
+# Fencing: a row is recorded only if it still carries the lease_token of the claim that sent
 # it. A dispatcher whose lease expired and was re-claimed by another (it stalled or lost its
 # connection) matches nothing here, and its stale outcome is dropped.
-FINISH = """
+# Lock order: outbox rows, then notification rows (one update each, whichever the outcome).
+RECORD = """
 WITH outcome AS (
     SELECT *
     FROM unnest(%(outbox_ids)s::bigint[], %(lease_tokens)s::uuid[], %(statuses)s::text[],
                 %(errors)s::text[], %(provider_message_ids)s::text[], %(kinds)s::text[],
-                %(suppress_reasons)s::text[])
-         AS t(outbox_id, lease_token, status, error, provider_message_id, kind, suppress_reason)
+                %(suppress_reasons)s::text[], %(delays)s::float8[], %(move_tos)s::text[])
+         AS t(outbox_id, lease_token, status, error, provider_message_id, kind, suppress_reason,
+              delay_seconds, move_to)
 ), finished AS (
     DELETE FROM outbox o
     USING outcome
-    WHERE o.id = outcome.outbox_id AND o.lease_token = outcome.lease_token
-    RETURNING o.notification_id, o.attempts, outcome.status, outcome.error,
-              outcome.provider_message_id, outcome.kind, outcome.suppress_reason
-), updated AS (
-    UPDATE notification n
-    SET status = f.status, updated_at = statement_timestamp(), last_error = f.error,
-        provider_message_id = f.provider_message_id,
-        sent_at = CASE WHEN f.status = 'sent' THEN statement_timestamp() ELSE n.sent_at END
-    FROM finished f
-    WHERE n.id = f.notification_id
-    RETURNING n.id, n.client_id, n.recipient, f.kind, f.suppress_reason
-), suppressed AS (
-    INSERT INTO suppression (client_id, kind, recipient, reason, notification_id, created_at)
-    SELECT client_id, kind, recipient, suppress_reason, id, statement_timestamp()
-    FROM updated
-    WHERE suppress_reason <> ''
-    ON CONFLICT (client_id, kind, recipient) DO NOTHING
-)
-INSERT INTO notification_event (notification_id, status, attempt, error,
-                                provider_message_id, dispatcher, note, created_at)
-SELECT notification_id, status, attempts, error, provider_message_id, %(dispatcher)s,
-       CASE WHEN suppress_reason <> '' THEN 'recipient added to the suppression list' ELSE '' END,
-       statement_timestamp()
-FROM finished
-"""
-
-# Transient failures: release the lease and make the row due again after its backoff delay
-# (computed by outbox.retry.RetryPolicy); the notification shows 'retrying' with the error and
-# the time of the next attempt. Fenced on lease_token like FINISH.
-# A row given a %(move_tos)s channel fails over (channels.policy fallback): it moves to that
-# channel, due at once, remembering its origin; the notification's channel follows, and its
-# history says so.
-RETRY = """
-WITH outcome AS (
-    SELECT *
-    FROM unnest(%(outbox_ids)s::bigint[], %(lease_tokens)s::uuid[], %(errors)s::text[],
-                %(delays)s::float8[], %(move_tos)s::text[])
-         AS t(outbox_id, lease_token, error, delay_seconds, move_to)
+    WHERE o.id = outcome.outbox_id AND o.lease_token = outcome.lease_token AND outcome.status <> 'retrying'
+    RETURNING o.notification_id, o.attempts, outcome.status, outcome.error, outcome.provider_message_id,
+              outcome.kind, outcome.suppress_reason, NULL::timestamptz AS next_attempt_at, NULL::text AS move_to
 ), released AS (
     UPDATE outbox o
     SET run_at = statement_timestamp() + make_interval(secs => outcome.delay_seconds),
@@ -437,22 +410,37 @@ WITH outcome AS (
         origin = CASE WHEN outcome.move_to IS NULL THEN o.origin ELSE coalesce(o.origin, o.channel) END,
         moved_at_attempt = CASE WHEN outcome.move_to IS NULL THEN o.moved_at_attempt ELSE o.attempts END
     FROM outcome
-    WHERE o.id = outcome.outbox_id AND o.lease_token = outcome.lease_token
-    RETURNING o.notification_id, o.attempts, o.run_at, outcome.error, outcome.move_to
+    WHERE o.id = outcome.outbox_id AND o.lease_token = outcome.lease_token AND outcome.status = 'retrying'
+    RETURNING o.notification_id, o.attempts, 'retrying'::text, outcome.error, ''::text, outcome.kind, ''::text,
+              o.run_at, outcome.move_to
+), recorded AS (
+    SELECT * FROM finished
+    UNION ALL
+    SELECT * FROM released
 ), updated AS (
     UPDATE notification n
-    SET status = 'retrying', updated_at = statement_timestamp(), last_error = r.error,
+    SET status = r.status, updated_at = statement_timestamp(), last_error = r.error,
+        provider_message_id = CASE WHEN r.status = 'retrying' THEN n.provider_message_id ELSE r.provider_message_id END,
+        sent_at = CASE WHEN r.status = 'sent' THEN statement_timestamp() ELSE n.sent_at END,
         channel = coalesce(r.move_to, n.channel)
-    FROM released r
+    FROM recorded r
     WHERE n.id = r.notification_id
-    RETURNING n.id
+    RETURNING n.id, n.client_id, n.recipient, r.kind, r.suppress_reason
+), suppressed AS (
+    INSERT INTO suppression (client_id, kind, recipient, reason, notification_id, created_at)
+    SELECT client_id, kind, recipient, suppress_reason, id, statement_timestamp()
+    FROM updated
+    WHERE suppress_reason <> ''
+    ON CONFLICT (client_id, kind, recipient) DO NOTHING
 )
 INSERT INTO notification_event (notification_id, status, attempt, error, provider_message_id,
                                 dispatcher, next_attempt_at, note, created_at)
-SELECT notification_id, 'retrying', attempts, error, '', %(dispatcher)s, run_at,
-       CASE WHEN move_to IS NULL THEN '' ELSE 'failed over to channel ' || move_to END,
+SELECT notification_id, status, attempts, error, provider_message_id, %(dispatcher)s, next_attempt_at,
+       CASE WHEN suppress_reason <> '' THEN 'recipient added to the suppression list'
+            WHEN move_to IS NOT NULL THEN 'failed over to channel ' || move_to
+            ELSE '' END,
        statement_timestamp()
-FROM released
+FROM recorded
 """
 
 # Failover from an open circuit breaker: due rows of the channels among %(channels)s whose

@@ -324,40 +324,26 @@ class Outcome:
 
 
 def record_outcomes(outcomes: Sequence[Outcome], *, dispatcher: str) -> int:
-    """Record a batch of outcomes: one statement per kind present, in one transaction.
+    """Record a batch of outcomes, whatever their kinds, in one statement (RECORD).
 
     Returns how many were recorded; the rest had lost their lease (fenced out).
     """
-    final = [o for o in outcomes if o.status != "retrying"]
-    retrying = [o for o in outcomes if o.status == "retrying"]
-    statements = []
-    if final:
-        statements.append((sql.FINISH, {
-            "outbox_ids": [o.delivery.outbox_id for o in final],
-            "lease_tokens": [o.delivery.lease_token for o in final],
-            "statuses": [o.status for o in final],
-            "errors": [o.error for o in final],
-            "provider_message_ids": [o.provider_message_id for o in final],
-            "kinds": [o.kind for o in final],
-            "suppress_reasons": [o.suppress_reason for o in final],
+    if not outcomes:
+        return 0
+    with connection.cursor() as cursor:
+        cursor.execute(sql.RECORD, {
+            "outbox_ids": [o.delivery.outbox_id for o in outcomes],
+            "lease_tokens": [o.delivery.lease_token for o in outcomes],
+            "statuses": [o.status for o in outcomes],
+            "errors": [o.error for o in outcomes],
+            "provider_message_ids": [o.provider_message_id for o in outcomes],
+            "kinds": [o.kind for o in outcomes],
+            "suppress_reasons": [o.suppress_reason for o in outcomes],
+            "delays": [float(o.retry_delay) for o in outcomes],
+            "move_tos": [o.move_to for o in outcomes],
             "dispatcher": dispatcher,
-        }))
-    if retrying:
-        statements.append((sql.RETRY, {
-            "outbox_ids": [o.delivery.outbox_id for o in retrying],
-            "lease_tokens": [o.delivery.lease_token for o in retrying],
-            "errors": [o.error for o in retrying],
-            "delays": [o.retry_delay for o in retrying],
-            "move_tos": [o.move_to for o in retrying],
-            "dispatcher": dispatcher,
-        }))
-    recorded = 0
-    # A single statement is atomic by itself; two need a transaction.
-    with transaction.atomic() if len(statements) > 1 else nullcontext(), connection.cursor() as cursor:
-        for statement, params in statements:
-            cursor.execute(statement, params)
-            recorded += cursor.rowcount
-    return recorded
+        })
+        return cursor.rowcount
 
 
 def release(deliveries: Sequence[Delivery]) -> None:

@@ -47,7 +47,7 @@ def accept(api, **fields) -> str:
 
 
 def sent(*ids: str) -> None:
-    """Record the sends of `ids` as a dispatcher does: claim, START, FINISH 'sent' (one statement)."""
+    """Record the sends of `ids` as a dispatcher does: claim, START, RECORD 'sent' (one statement)."""
     deliveries = [d for d in claim(channels=("fake",), start=True) if d.notification_id in ids]
     assert len(deliveries) == len(ids)
     outcomes = [store.Outcome(d, "sent", provider_message_id="P-1") for d in deliveries]

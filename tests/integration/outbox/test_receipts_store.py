@@ -15,7 +15,7 @@ KINDS = {"fake": "fake", "email-log": "email"}
 
 
 def sent(nid: str, provider_id: str) -> None:
-    """Record `nid`'s send as a dispatcher does: claim, START, FINISH 'sent'."""
+    """Record `nid`'s send as a dispatcher does: claim, START, RECORD 'sent'."""
     (delivery,) = [d for d in claim(channels=("fake",), start=True) if d.notification_id == nid]
     assert store.record_outcomes([store.Outcome(delivery, "sent", provider_message_id=provider_id)], dispatcher="d1") == 1
 
