@@ -20,8 +20,9 @@ from .models import Priority, Status
 PRIORITY_LABELS = dict(Priority.choices)  # 0 -> "high": what an answer shows
 PRIORITY_VALUES = {label: value for value, label in Priority.choices}
 # The fields of a request of the common shape (NotificationRequestSerializer._common_shape).
+TEMPLATE_FIELDS = frozenset({"template", "data", "template_version", "locale"})
 COMMON_FIELDS = frozenset({"channel", "type", "to", "message", "subject", "metadata", "priority",
-                           "ignore_suppression"})
+                           "ignore_suppression"}) | TEMPLATE_FIELDS
 
 
 def _plain(value, max_length: int | None = None, *, trimmed: bool = False) -> bool:
@@ -200,28 +201,58 @@ class NotificationRequestSerializer(FieldsBoundOnce, serializers.Serializer):
         return new if new is not None else super().run_validation(data)
 
     def _common_shape(self, data) -> NewNotification | None:
-        """The notification of a request with only channel (or type), to, message and optionally
-        subject, metadata, priority and ignore_suppression, each valid: the checks the fields
-        would make, written out (a batch item costs a third as much); None for any other
-        request or at the first problem. tests/unit/notifications/test_common_shape.py checks
-        that it accepts exactly what the serializer accepts, with the same result."""
+        """The notification of a request with only the fields of COMMON_FIELDS (no send_at or
+        expires_at), each valid: the checks the fields would make, written out (a batch item
+        costs half as much); None for any other request or at the first problem.
+        tests/unit/notifications/test_common_shape.py and test_templates_intake.py check that
+        it accepts exactly what the serializer accepts, with the same result."""
         if type(data) is not dict or not data.keys() <= COMMON_FIELDS or ("type" in data and "channel" in data):
             return None
-        channel, to, message = data.get("channel", data.get("type")), data.get("to"), data.get("message")
-        subject, metadata = data.get("subject", ""), data.get("metadata", {})
-        priority, ignore = data.get("priority", "normal"), data.get("ignore_suppression", False)
-        if not (_plain(channel, 100, trimmed=True) and _plain(to, 512, trimmed=True) and _plain(message)
-                and message.strip() and _plain(subject, 998) and not has_line_break(subject)
+        channel, to = data.get("channel", data.get("type")), data.get("to")
+        metadata, priority = data.get("metadata", {}), data.get("priority", "normal")
+        ignore = data.get("ignore_suppression", False)
+        if not (_plain(channel, 100, trimmed=True) and _plain(to, 512, trimmed=True)
                 and type(metadata) is dict and jsonb_problem(metadata) is None
                 and type(priority) is str and priority in PRIORITY_VALUES and type(ignore) is bool):
             return None
+        if "template" in data:
+            content = self._template_fields(data)
+        else:
+            content = self._message_fields(data)
+        if content is None:
+            return None
         try:
             return services.notification_validate(
-                channel=channel, to=to, message=message, subject=subject, metadata=metadata,
-                priority=PRIORITY_VALUES[priority], ignore_suppression=ignore,
-                client_id=getattr(self.context.get("client"), "pk", None), rendering=self.context.get("rendering"))
+                channel=channel, to=to, metadata=metadata, priority=PRIORITY_VALUES[priority],
+                ignore_suppression=ignore, client_id=getattr(self.context.get("client"), "pk", None),
+                rendering=self.context.get("rendering"), **content)
         except InvalidNotification:
             return None
+
+    @staticmethod
+    def _message_fields(data: dict) -> dict | None:
+        """message and subject, as the fields and validate_subject take them; None otherwise."""
+        message, subject = data.get("message"), data.get("subject", "")
+        if (data.keys() & TEMPLATE_FIELDS or not _plain(message) or not message.strip()
+                or not _plain(subject, 998) or has_line_break(subject)):
+            return None
+        return {"message": message, "subject": subject}
+
+    @staticmethod
+    def _template_fields(data: dict) -> dict | None:
+        """template, data, template_version and locale, as the fields take them; None otherwise."""
+        version, locale, values = data.get("template_version"), data.get("locale"), data.get("data")
+        if ("message" in data or "subject" in data or not _plain(data["template"], 100, trimmed=True)
+                or (version is not None and not (type(version) is int and version >= 1))
+                or ("template_version" in data and version is None)
+                or (locale is not None and not _plain(locale, 35, trimmed=True)) or ("locale" in data and locale is None)
+                or (values is not None and not (type(values) is dict and jsonb_problem(values) is None))
+                or ("data" in data and values is None)):
+            return None
+        content = {"template": data["template"], "template_version": version, "data": values}
+        if locale is not None:
+            content["locale"] = locale
+        return content
 
     def validate_subject(self, value: str) -> str:
         """One line, whatever the channel: a line break in a header would fail at send time."""
