@@ -127,7 +127,7 @@ class Run:
         if not self.phases & {"ingest", "template", "batch", "latency"}:
             return
         self.port = free_port()
-        self.say(f"gunicorn on 127.0.0.1:{self.port} ({GUNICORN_WORKERS} sync workers)")
+        self.say(f"gunicorn on 127.0.0.1:{self.port} ({GUNICORN_WORKERS} workers of 4 threads)")
         api = start_gunicorn(self.env, self.dir, port=self.port)
         self.api = api
         try:

@@ -78,7 +78,7 @@ FIGURES += ("dispatch_at_1m_history_ratio", "ingest_at_1m_history_ratio", "claim
 # the default 16 threads and batch of 100). procrastinate gets the same: 2 workers, 16 each.
 DISPATCH_PROCESSES = 2
 DISPATCH_THREADS = 16
-# gunicorn as the Dockerfile runs it: 4 sync workers.
+# gunicorn as the Dockerfile runs it: 4 workers (of 4 threads each, notifications_project/gunicorn.conf.py).
 GUNICORN_WORKERS = 4
 WRK_CONNECTIONS = 32
 LATENCY_RATE_PER_S = 50

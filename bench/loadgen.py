@@ -1,9 +1,8 @@
 """A Python load generator for single POSTs, used only when wrk is not installed.
 
 Several processes (so that the client's own GIL is not the bottleneck), each with a few
-threads, each thread one closed-loop connection: send, wait for the answer, send again. The
-API's gunicorn sync workers close the connection after each answer, so each request opens a
-new one, as wrk does against them. It is slower than wrk per request sent, so on a 2-core
+threads, each thread one closed-loop connection: send, wait for the answer, send again, on
+a new connection for each request (wrk keeps its connections open: a lower bound again). It is slower than wrk per request sent, so on a 2-core
 machine it takes more CPU from the server: figures from it are a lower bound, and the
 results' notes say when it was used.
 """

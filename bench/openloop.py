@@ -4,7 +4,7 @@ wrk is closed loop (each connection sends its next request when the previous ans
 so it measures how fast the API can go, not how it behaves at a given rate. This one keeps a
 schedule, as a population of independent clients would: a slow answer does not delay the
 requests after it. One asyncio loop in the harness's process, one connection per request
-(gunicorn's sync workers close it after each answer anyway), HTTP/1.0 so that the answer is
+(as independent clients would open), HTTP/1.0 so that the answer is
 never chunked and ends when the connection closes.
 
 The schedule can only be kept while fewer than MAX_IN_FLIGHT requests are waiting for their

@@ -1,7 +1,7 @@
 """The service's processes, started the way a deployment starts them.
 
-gunicorn serves the API (4 sync workers and the project's gunicorn settings, as in the
-Dockerfile) and `manage.py run_dispatchers` delivers; both are real OS processes with the
+gunicorn serves the API (4 workers with the project's gunicorn settings: 4 threads each,
+keep-alive, as in the Dockerfile) and `manage.py run_dispatchers` delivers; both are real OS processes with the
 run's environment (its database, its channels file, quiet logs, no throttle). Each runs in its own session so that stopping it never
 signals the harness, and each is stopped by its own pid: SIGTERM (graceful, as in a
 deployment), then SIGKILL of its process group if it does not exit in time.
@@ -118,7 +118,7 @@ def _start(name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> Pr
 def start_gunicorn(env: dict[str, str], log_dir: Path, *, port: int, workers: int = GUNICORN_WORKERS,
                    timeout: float = 60.0) -> Process:
     """gunicorn as the Dockerfile runs it (its settings file, if the project has one: access
-    log and metrics included; sync workers), once /healthz answers."""
+    log and metrics included; threaded workers), once /healthz answers."""
     config = ["-c", str(GUNICORN_CONFIG)] if GUNICORN_CONFIG.exists() else []
     process = _start("gunicorn", [str(VENV_BIN / "gunicorn"), *config, "notifications_project.wsgi",
                                   "--bind", f"127.0.0.1:{port}", "--workers", str(workers)], env, log_dir)
