@@ -3,9 +3,9 @@
 wrk is closed loop (each connection sends its next request when the previous answer has come),
 so it measures how fast the API can go, not how it behaves at a given rate. This one keeps a
 schedule, as a population of independent clients would: a slow answer does not delay the
-requests after it. One asyncio loop in the harness's process, one connection per request
-(as independent clients would open), HTTP/1.0 so that the answer is
-never chunked and ends when the connection closes.
+requests after it. One asyncio loop in the harness's process, its requests on a pool of
+keep-alive connections (HTTP/1.1, as a service's HTTP client keeps them): a request takes an
+idle connection, or opens one.
 
 The schedule can only be kept while fewer than MAX_IN_FLIGHT requests are waiting for their
 answers: past that the API is not taking the load (its listen queue is filling up) and the
@@ -85,6 +85,7 @@ async def _offer(port: int, api_key: str, rate: float, count: int, channel: str)
     late_ms = [0.0] * count
     departures = [0.0] * count
     last_answer = 0.0
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []  # keep-alive connections, free
 
     async def one(i: int, due: float) -> None:
         nonlocal last_answer
@@ -92,18 +93,34 @@ async def _offer(port: int, api_key: str, rate: float, count: int, channel: str)
             departures[i] = loop.time()
             late_ms[i] = (departures[i] - due) * 1000
             body = json.dumps({"channel": channel, "to": f"user{i}@example.com", "message": f"open loop {i}"}).encode()
-            request = (f"POST /api/v1/notifications HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n"
+            request = (f"POST /api/v1/notifications HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
                        f"Content-Type: application/json\r\nAuthorization: Bearer {api_key}\r\n"
                        f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-            try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.write(request)
-                answer = await asyncio.wait_for(reader.read(), timeout=30)  # to the end: HTTP/1.0
-                received = time.time()
-                writer.close()
-            except (OSError, asyncio.TimeoutError) as exc:
-                errors.append(f"{type(exc).__name__}: {exc}")
-                return
+            answer = connection = None
+            # An idle connection the server closed meanwhile (keep-alive timeout) fails before
+            # any answer: the request goes once more, on a new connection. Nothing else is retried.
+            for attempt in range(2):
+                reused = bool(idle) and attempt == 0
+                try:
+                    connection = idle.pop() if reused else await asyncio.open_connection("127.0.0.1", port)
+                    answer = await asyncio.wait_for(_exchange(*connection, request), timeout=30)
+                    break
+                except (asyncio.IncompleteReadError, ConnectionError) as exc:
+                    if connection is not None:
+                        connection[1].close()
+                    if not reused:
+                        errors.append(f"{type(exc).__name__}: {exc}")
+                        return
+                except (OSError, asyncio.TimeoutError, ValueError) as exc:
+                    if connection is not None:
+                        connection[1].close()
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                    return
+            received = time.time()
+            if b"connection: close" in answer.lower().partition(b"\r\n\r\n")[0]:
+                connection[1].close()
+            else:
+                idle.append(connection)
             last_answer = max(last_answer, loop.time())
         head, _, payload = answer.partition(b"\r\n\r\n")
         status = head.split(b" ", 2)[1] if head.count(b" ") >= 2 else b"?"
@@ -122,6 +139,17 @@ async def _offer(port: int, api_key: str, rate: float, count: int, channel: str)
         # Behind schedule (the loop was busy), the due requests go at once, one after another.
         tasks.append(asyncio.create_task(one(i, due)))
     await asyncio.gather(*tasks)
+    for _, writer in idle:
+        writer.close()
     first = min(departures)
     return Offered(accepted=accepted, requests=count, errors=errors, seconds=max(departures) - first,
                    answered_seconds=last_answer - first, late_ms=late_ms)
+
+
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> bytes:
+    """One request and its whole answer (head and a Content-Length body) on a kept connection."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    return head + await reader.readexactly(length)

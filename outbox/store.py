@@ -86,31 +86,24 @@ class _NotifyDebounce:
 _notify_debounce = _NotifyDebounce()
 
 
+def _dump_rows(rows: list[dict]) -> str:
+    """ENQUEUE's rows as JSON: ids as text, times in ISO 8601 (with their offset)."""
+    return json.dumps(rows, default=lambda value: value.isoformat() if isinstance(value, datetime) else str(value),
+                      ensure_ascii=False, separators=(",", ":"))
+
+
 def enqueue(notifications: Sequence[NewNotification], *, client_id: int) -> list[Enqueued]:
     """Insert notifications, their first events and outbox rows in one statement.
 
     Returns what was written, in input order. Atomic on its own; inside an outer
     transaction.atomic() it commits with it.
     """
-    params = {
-        "client_id": client_id,
-        "ids": [n.id for n in notifications],
-        "channels": [n.channel for n in notifications],
-        "recipients": [n.recipient for n in notifications],
-        "subjects": [n.subject for n in notifications],
-        "messages": [n.message for n in notifications],
-        "metadata": [Jsonb(n.metadata or {}) for n in notifications],
-        "priorities": [n.priority for n in notifications],
-        "send_ats": [n.send_at for n in notifications],
-        "expires_ats": [n.expires_at for n in notifications],
-        "kinds": [n.kind for n in notifications],
-        "ignore_suppressions": [n.ignore_suppression for n in notifications],
-        "htmls": [n.html for n in notifications],
-        "templates": [n.template for n in notifications],
-        "template_versions": [n.template_version for n in notifications],
-        "locales": [n.locale for n in notifications],
-        "notify": _notify_debounce.allow(),
-    }
+    rows = [{"id": n.id, "channel": n.channel, "recipient": n.recipient, "subject": n.subject,
+             "message": n.message, "metadata": n.metadata or {}, "priority": n.priority, "send_at": n.send_at,
+             "expires_at": n.expires_at, "kind": n.kind, "ignore_suppression": n.ignore_suppression,
+             "html": n.html, "template": n.template, "template_version": n.template_version, "locale": n.locale}
+            for n in notifications]
+    params = {"client_id": client_id, "rows": Jsonb(rows, dumps=_dump_rows), "notify": _notify_debounce.allow()}
     with connection.cursor() as cursor:
         cursor.execute(sql.ENQUEUE, params)
         written = {row[0]: Enqueued(row[0], row[1], row[2], row[3]) for row in cursor.fetchall()}
