@@ -1,4 +1,5 @@
-"""An open-loop load generator for single POSTs: request i leaves at start + i / rate.
+"""An open-loop load generator for POSTs: request i leaves at start + i / (rate / per_request),
+each a single notification or (per_request > 1) a batch of that many.
 
 wrk is closed loop (each connection sends its next request when the previous answer has come),
 so it measures how fast the API can go, not how it behaves at a given rate. This one keeps a
@@ -41,10 +42,14 @@ class Offered:
     seconds: float  # from the first request's departure to the last one's
     answered_seconds: float  # from the first departure to the last answer
     late_ms: list[float] = field(repr=False)  # per request: how long after its time it left
+    per_request: int = 1  # notifications per request
+
 
     @property
     def offered_per_s(self) -> float:
-        return (self.requests - 1) / self.seconds if self.seconds > 0 else float(self.requests)
+        """Notifications per second."""
+        requests_per_s = (self.requests - 1) / self.seconds if self.seconds > 0 else float(self.requests)
+        return requests_per_s * self.per_request
 
     @property
     def accepted_per_s(self) -> float:
@@ -65,19 +70,20 @@ class Offered:
                 f"{prefix}_errors": len(self.errors), f"{prefix}_late_p50_ms": percentile(self.late_ms, 50),
                 f"{prefix}_late_p99_ms": self.late_p99_ms,
                 f"{prefix}_late_fraction": sum(ms > LATE_MS for ms in self.late_ms) / len(self.late_ms),
-                f"{prefix}_max_in_flight": MAX_IN_FLIGHT}
+                f"{prefix}_max_in_flight": MAX_IN_FLIGHT, f"{prefix}_notifications_per_request": self.per_request}
 
 
-def offer(*, port: int, api_key: str, rate: float, seconds: float, channel: str) -> Offered:
-    """POST rate * seconds notifications of `channel` to 127.0.0.1:`port` on schedule;
-    raises if more than 1% of them fail."""
-    result = asyncio.run(_offer(port, api_key, rate, max(1, int(rate * seconds)), channel))
+def offer(*, port: int, api_key: str, rate: float, seconds: float, channel: str, per_request: int = 1) -> Offered:
+    """POST rate * seconds notifications of `channel` to 127.0.0.1:`port` on schedule, `per_request`
+    in each request (a batch POST when more than one); raises if more than 1% of the requests fail."""
+    result = asyncio.run(_offer(port, api_key, rate / per_request, max(1, int(rate * seconds / per_request)), channel,
+                                per_request))
     if len(result.errors) > 0.01 * result.requests:
         raise RuntimeError(f"{len(result.errors)} of {result.requests} POSTs failed, e.g. {result.errors[0]}")
     return result
 
 
-async def _offer(port: int, api_key: str, rate: float, count: int, channel: str) -> Offered:
+async def _offer(port: int, api_key: str, rate: float, count: int, channel: str, per_request: int) -> Offered:
     loop = asyncio.get_running_loop()
     slots = asyncio.Semaphore(MAX_IN_FLIGHT)
     accepted: dict[str, float] = {}
@@ -92,8 +98,11 @@ async def _offer(port: int, api_key: str, rate: float, count: int, channel: str)
         async with slots:
             departures[i] = loop.time()
             late_ms[i] = (departures[i] - due) * 1000
-            body = json.dumps({"channel": channel, "to": f"user{i}@example.com", "message": f"open loop {i}"}).encode()
-            request = (f"POST /api/v1/notifications HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            items = [{"channel": channel, "to": f"user{i}-{k}@example.com", "message": f"open loop {i}-{k}"}
+                     for k in range(per_request)]
+            body = json.dumps(items[0] if per_request == 1 else {"notifications": items}).encode()
+            path = "/api/v1/notifications" if per_request == 1 else "/api/v1/notifications/batch"
+            request = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
                        f"Content-Type: application/json\r\nAuthorization: Bearer {api_key}\r\n"
                        f"Content-Length: {len(body)}\r\n\r\n").encode() + body
             answer = connection = None
@@ -125,7 +134,9 @@ async def _offer(port: int, api_key: str, rate: float, count: int, channel: str)
         head, _, payload = answer.partition(b"\r\n\r\n")
         status = head.split(b" ", 2)[1] if head.count(b" ") >= 2 else b"?"
         if status == b"202":
-            accepted[json.loads(payload)["id"]] = received
+            answer_body = json.loads(payload)
+            for notification_id in answer_body["ids"] if per_request > 1 else [answer_body["id"]]:
+                accepted[notification_id] = received
         else:
             errors.append(f"{status.decode(errors='replace')} {payload[:200]!r}")
 
@@ -143,7 +154,7 @@ async def _offer(port: int, api_key: str, rate: float, count: int, channel: str)
         writer.close()
     first = min(departures)
     return Offered(accepted=accepted, requests=count, errors=errors, seconds=max(departures) - first,
-                   answered_seconds=last_answer - first, late_ms=late_ms)
+                   answered_seconds=last_answer - first, late_ms=late_ms, per_request=per_request)
 
 
 async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> bytes:

@@ -96,7 +96,7 @@ def _template_version(client_id: int | None, name: str, version: int | None,
     if cache is not None and key in cache:
         return cache[key]
     try:
-        found = template_store.template_version_get(client_id=client_id, name=name, version=version)
+        found = template_store.template_version_get(client_id=client_id, name=name, version=version, cached=True)
     except template_store.TemplateNotFound as exc:
         raise InvalidNotification("template", exc.message) from None
     if cache is not None:

@@ -191,3 +191,16 @@ def test_the_intakes_short_path_renders_templates_as_the_serializer_does(api, it
         assert reference is not None and dataclasses.replace(short, id=reference.id) == reference
     if item in TEMPLATED_ITEMS[1:4]:  # (the first lacks a variable: refused on both paths)
         assert short is not None  # the common shape takes the short path
+
+
+def test_the_intake_renders_the_current_version_after_a_put_and_refuses_an_archived_one(api):
+    """The intake keeps the versions it has built (template_store.template_version_get's
+    `cached`): a new version, or an archived template, is seen by the very next request."""
+    assert post(api).json()["template_version"] == 1  # v1 now built and kept by this process
+    template_store.template_update(client=tenant("shop"), name="order-shipped", content=template_store.TemplateContent(
+        locale="en", variants={"email": {"subject": "New {{ order_id }}", "text": "New text"}}, translations={}))
+    second = post(api).json()
+    assert (second["template_version"], second["subject"]) == (2, "New A-1")
+    assert post(api, template_version=1).json()["subject"] == "Your order A-1 has shipped"
+    template_store.template_archive(client=tenant("shop"), name="order-shipped")
+    assert_error(post(api), 400, fields=["template"])
