@@ -243,8 +243,10 @@ OUTBOX = {
     # this many transient failures on its channel (and at once while its breaker is open).
     "FAILOVER_AFTER_ATTEMPTS": int(env_float("OUTBOX_FAILOVER_AFTER_ATTEMPTS", 3)),
     # An API process sends at most one NOTIFY per this many milliseconds (NOTIFY serialises
-    # commits on a global lock); dispatchers look once more after this window.
-    "NOTIFY_DEBOUNCE_MS": env_float("OUTBOX_NOTIFY_DEBOUNCE_MS", 25),
+    # commits on a global lock); dispatchers look once more after this window, so it bounds
+    # the wait of a notification whose NOTIFY was skipped: at 25 ms, 1,000/s offered through
+    # one API process had a commit-to-send p50 of 16 ms, at 5 ms 4 ms (single POSTs no slower).
+    "NOTIFY_DEBOUNCE_MS": env_float("OUTBOX_NOTIFY_DEBOUNCE_MS", 5),
     # Each dispatcher process writes its row in the `dispatcher` table this often; one silent
     # for three intervals is shown as gone in the admin.
     "HEARTBEAT_SECONDS": env_float("OUTBOX_HEARTBEAT_SECONDS", 5),
