@@ -83,7 +83,12 @@ class Notification(models.Model):
     """One message to one recipient over one channel."""
 
     id = models.UUIDField(primary_key=True, default=new_notification_id, editable=False)
-    client = models.ForeignKey(ApiClient, on_delete=models.PROTECT, related_name="+")
+    # No index of its own (notification_client_idx leads with it) and no constraint in the
+    # database: the intake writes the authenticated client's id, and deleting a client with
+    # notifications is refused by the ORM (PROTECT). The index and the per-row check of the
+    # constraint cost a batch intake 10% of its SQL time (store-level, 1,000 per statement).
+    client = models.ForeignKey(ApiClient, on_delete=models.PROTECT, related_name="+", db_index=False,
+                               db_constraint=False)
     channel = models.CharField(max_length=100)
     recipient = models.CharField(max_length=512)
     subject = models.CharField(max_length=998, blank=True, default="")
