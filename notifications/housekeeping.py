@@ -6,6 +6,10 @@
   events; and the providers' receipts received before that. A notification that still has an
   outbox row is never touched, whatever its status.
 - `delete_expired_idempotency_keys`: Idempotency-Keys past their expires_at.
+- `fold_statistics`: the delivery statistics' counters (notifications.stats): folds the
+  triggers' deltas into the per-minute and per-hour totals, and deletes the totals older than
+  the day's window (and those that came to zero). Every minute, so that a stats read has
+  little left to fold.
 - `delete_gone_dispatchers`: dispatcher heartbeat rows (outbox.models.Dispatcher) whose last
   heartbeat is older than NOTIFY_DISPATCHER_RETENTION_HOURS (a process stopped or dead that
   long ago).
@@ -206,15 +210,26 @@ def delete_gone_dispatchers(
     return {"job": "dispatchers", "dispatchers": dispatchers, "batches": batches, "cutoff": cutoff.isoformat()}
 
 
+def fold_statistics(**_options) -> dict:
+    """Fold the statistics' deltas into their totals and prune the old totals (notifications.stats)."""
+    from .stats import fold_counters, prune_counters
+
+    folded = fold_counters()
+    pruned = prune_counters()
+    logger.info("housekeeping statistics: folded %s delta rows, pruned %d total rows", folded, pruned)
+    return {"job": "statistics", "folded": folded, "pruned": pruned}
+
+
 JOBS = {
     "retention": delete_finished_notifications,
+    "statistics": fold_statistics,
     "idempotency": delete_expired_idempotency_keys,
     "dispatchers": delete_gone_dispatchers,
 }
 
 
 def run_job(name: str, **options) -> dict:
-    """Run one job by name ("retention", "idempotency", "dispatchers")."""
+    """Run one job by name ("retention", "statistics", "idempotency", "dispatchers")."""
     return JOBS[name](**options)
 
 
@@ -239,8 +254,14 @@ def scheduled_dispatchers() -> dict:
     return delete_gone_dispatchers(max_seconds=_scheduled_budget())
 
 
-# name -> (function, minutes between runs). Hourly: each run is a few short batches.
+def scheduled_statistics() -> dict:
+    return fold_statistics()
+
+
+# name -> (function, minutes between runs). Hourly: each run is a few short batches; the
+# statistics every minute (one fold of a minute's deltas).
 SCHEDULES = {
+    "housekeeping: statistics": ("notifications.housekeeping.scheduled_statistics", 1),
     "housekeeping: retention": ("notifications.housekeeping.scheduled_retention", 60),
     "housekeeping: idempotency keys": ("notifications.housekeeping.scheduled_idempotency", 60),
     "housekeeping: dispatchers": ("notifications.housekeeping.scheduled_dispatchers", 60),

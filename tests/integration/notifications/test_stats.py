@@ -50,7 +50,7 @@ def known_data(db):
     add("email-log", "cancelled", "2029-12-31 12:01:00")                             # the day's first instant
     # Outside both windows
     add("email-log", "sent", "2029-12-31 12:00:59", sent="2029-12-31 12:01:30")     # accepted before the day
-    add("email-log", "queued", "2030-01-01 12:00:31")                                # after now
+    add("email-log", "queued", "2030-01-01 12:01:00")                                # after the current minute
     add("email-log", "sent", "2030-01-01 11:00:59", sent="2030-01-01 11:01:30")     # day, not hour
     # Another client's, in the last hour
     add("email-log", "sent", "2030-01-01 11:45:00", sent="2030-01-01 11:45:30", client="other")
@@ -165,42 +165,59 @@ def test_scoped_to_one_client(known_data):
     assert sum(p["count"] for p in nobody["day"]["deliveries_per_minute"]) == 0
 
 
-def test_few_queries_windowed_on_created_at(known_data):
-    with CaptureQueriesContext(connection) as queries:
-        notification_stats(client=tenant("tests"), now=NOW)
-    statements = [q["sql"] for q in queries.captured_queries if "FROM notification" in q["sql"]]
-    assert len(statements) == 4
-    assert all("created_at >=" in sql and "client_id =" in sql for sql in statements)
-    with CaptureQueriesContext(connection) as queries:
-        notification_stats()  # now from the database's clock: one more, trivial, query
-    assert len(queries.captured_queries) == 5
+def test_five_queries_of_the_counters_never_of_the_notifications(known_data):
+    """A fold, then one query per figure, each reading the totals and the deltas: the
+    notification table itself is never read."""
+    for kwargs, expected in (({"client": tenant("tests"), "now": NOW}, 5), ({}, 5)):
+        with CaptureQueriesContext(connection) as queries:
+            notification_stats(**kwargs)
+        statements = [q["sql"] for q in queries.captured_queries]
+        assert len(statements) == expected, statements
+        assert "notification_stats_fold()" in statements[0]
+        assert not any(re.search(r"\bnotification\b(?!_)", sql) for sql in statements), statements
+        if "client" in kwargs:
+            assert all("client_id =" in sql for sql in statements[1:])
 
 
-def test_the_plans_are_range_scans_of_the_created_at_indexes(known_data):
-    """With a month of older history around, each query reads only the day's rows: a range
-    scan of an index on created_at (notification_created_idx, or notification_client_idx on
-    (client, created_at) for one client), never a sequential scan."""
+def test_the_plans_are_range_scans_of_the_totals(known_data):
+    """With a month of totals around (as if never pruned) and a few deltas left, each query
+    reads only its windows' rows: range scans of each totals table's primary key (period_minutes,
+    period_start, ...), and the deltas' table, small, whole."""
     from notifications import stats as module
 
     client_id = tenant("tests").pk
     with connection.cursor() as cursor:
-        cursor.execute(
-            "INSERT INTO notification (id, client_id, channel, recipient, subject, message, metadata, status, attempts, "
-            "last_error, provider_message_id, priority, created_at, updated_at) "
-            "SELECT gen_random_uuid(), %s, 'email-log', 'x', '', 'm', '{}', 'sent', 1, '', '', 1, "
-            "timestamptz '2029-12-01' + i * interval '1 minute', now() FROM generate_series(1, 40000) AS i",
-            [client_id],
-        )
-        cursor.execute("ANALYZE notification")
-        params = {"now": NOW, "hour_since": HOUR_SINCE, "day_since": DAY_SINCE, "client_id": client_id,
-                  "reason_chars": 500, "no_reason": "x", "top": 10}
+        cursor.execute("SELECT notification_stats_fold()")
+        for table, extra in (("notification_stats_status", "'email-log', 'sent', 3"),
+                             ("notification_stats_sent", "start, 3"),
+                             ("notification_stats_latency", "'email-log', 100, 3, 3000000"),
+                             ("notification_stats_failure", "'email-log', 'x', 3")):
+            columns = {"notification_stats_status": "channel, status, n",
+                       "notification_stats_sent": "sent_minute, n",
+                       "notification_stats_latency": "channel, latency_bucket, n, latency_us",
+                       "notification_stats_failure": "channel, failure_reason, n"}[table]
+            cursor.execute(
+                f"INSERT INTO {table} (period_minutes, period_start, client_id, {columns}) "
+                f"SELECT span, start, %s, {extra} FROM ("
+                "  SELECT 1 AS span, timestamptz '2029-12-01' + i * interval '1 minute' AS start FROM generate_series(1, 40000) AS i"
+                "  UNION ALL"
+                "  SELECT 60, timestamptz '2029-12-01' + i * interval '1 hour' FROM generate_series(1, 700) AS i) AS p "
+                f"ON CONFLICT DO NOTHING", [client_id])
+            cursor.execute(f"ANALYZE {table}")
+        add("email-log", "queued", "2030-01-01 11:59:00")  # a delta left
+        current_minute = NOW.replace(second=0)
+        params = {"current_minute": current_minute, "hour_since": HOUR_SINCE, "day_since": DAY_SINCE,
+                  "day_hours_from": DAY_SINCE.replace(minute=0) + timedelta(hours=1),
+                  "day_hours_until": current_minute.replace(minute=0), "client_id": client_id, "top": 10}
         for scope in ("AND client_id = %(client_id)s", ""):
             for sql in (module.COUNTS, module.DELIVERIES, module.LATENCY, module.FAILURES):
-                cursor.execute("EXPLAIN " + sql.format(scope=module._SCOPE.format(client=scope)), params)
+                cursor.execute("EXPLAIN " + sql.format(client=scope), params)
                 plan = "\n".join(row[0] for row in cursor.fetchall())
-                assert "Seq Scan" not in plan, plan
-                assert re.search(r"Index Cond: .*created_at >=", plan), plan
-                assert "notification_created_idx" in plan or "notification_client_idx" in plan, plan
+                seq_scans = set(re.findall(r"Seq Scan on (\w+)", plan))
+                assert seq_scans <= {"notification_stats_delta"}, plan
+                assert re.search(r"Index (Only )?Scan using notification_stats_\w+_pkey", plan) or \
+                    "Bitmap Index Scan on notification_stats_" in plan, plan
+                assert re.search(r"Index Cond: .*period_start >=", plan), plan
 
 
 # --- GET /api/v1/stats ----------------------------------------------------------------------
