@@ -38,10 +38,11 @@ from .config import (
 )
 from .database import Server, run_lock
 from .servers import free_port, manage, service_env, start_gunicorn
+from .stats_bench import stats_phase
 
 PHASES = ("ingest", "template", "batch", "latency", "dispatch", "batch1", "slow", "procrastinate", "policy")
 # At a deployment's scale (bench/at_scale.py), run last: they fill and then empty the tables.
-AT_SCALE_PHASES = ("history", "claim_backlog", "latency_1000")
+AT_SCALE_PHASES = ("history", "claim_backlog", "latency_1000", "stats")
 PHASES += AT_SCALE_PHASES
 
 
@@ -392,7 +393,7 @@ class Run:
             if self.phases & set(AT_SCALE_PHASES):
                 dispatch.setup_django(self.url, self.channels_file)
                 for name, body in (("history", history_phase), ("claim_backlog", claim_phase),
-                                   ("latency_1000", latency_1000_phase)):
+                                   ("latency_1000", latency_1000_phase), ("stats", stats_phase)):
                     if name in self.phases:
                         self.phase(name, lambda body=body: body(self))
             if self.sizes.unindexed_lease_reference and not self.reference_missing and "dispatch" in self.phases:

@@ -73,6 +73,8 @@ FIGURES = (
 # At a deployment's scale (bench/at_scale.py): a long history, a backlog on another channel, 1,000/s offered.
 FIGURES += ("dispatch_at_1m_history_ratio", "ingest_at_1m_history_ratio", "claim_ms_at_100k_backlog_other_channel",
             "latency_p99_ms_at_1000_per_s")
+# GET /api/v1/stats with 1,000,000 notifications accepted in the last day (bench/stats_bench.py).
+FIGURES += ("stats_ms_at_1m_per_day",)
 
 # What the dispatcher runs with in every drain, as in a deployment (docker-compose: 2 processes,
 # the default 16 threads and batch of 100). procrastinate gets the same: 2 workers, 16 each.
