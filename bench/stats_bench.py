@@ -46,7 +46,7 @@ WITH spread AS (
                 ELSE 'queued' END AS status,
            (ARRAY{channels})[1 + i %% {channel_count}] AS channel,
            interval '5 ms' * power(6000, random()) AS latency
-    FROM generate_series(%(first)s, %(last)s) AS i
+    FROM generate_series(%(first)s::integer, %(last)s::integer) AS i
 )
 INSERT INTO notification (id, client_id, channel, recipient, subject, message, metadata, status, attempts,
                           last_error, provider_message_id, created_at, updated_at, sent_at, priority,
@@ -154,3 +154,79 @@ def _time_gets(port: int, api_key: str, *, requests: int) -> list[float]:
     finally:
         connection.close()
     return timings
+
+
+# --- the counting triggers' cost on the hot paths, by hand ------------------------------------------
+
+TRIGGERS = ("notification_stats_inserted", "notification_stats_updated", "notification_stats_deleted")
+
+
+def trigger_cost(*, legs: str = "ABABAB", batches: int = 40, singles: int = 2000, drain_rows: int = 20_000) -> list[dict]:
+    """A-B legs on one database (Django set up on it, migrated): A with the counting triggers,
+    B with them disabled (ALTER TABLE notification DISABLE TRIGGER ...). Each leg, on emptied
+    tables: outbox.store.enqueue of `batches` x 1,000 rows and of `singles` single rows, then a
+    drain of `drain_rows` as a dispatcher does it at the store (claim of 100 started by the
+    claim, then one RECORD of 100 'sent'). Returns each leg's rates (rows per second)."""
+    from django.db import connection
+
+    from notifications.ids import new_notification_id
+    from notifications.models import ApiClient
+    from outbox import store
+
+    client_id = ApiClient.objects.get_or_create(name="bench")[0].pk
+
+    def rows(count):
+        return [store.NewNotification(id=new_notification_id(), channel="fake", recipient=f"u{i}@example.com",
+                                      message=f"message {i}") for i in range(count)]
+
+    results = []
+    for leg in legs:
+        with connection.cursor() as cursor:
+            cursor.execute("TRUNCATE notification, notification_event, outbox, status_event")
+            cursor.execute("VACUUM ANALYZE notification, outbox, notification_event")
+            for trigger in TRIGGERS:
+                cursor.execute(f"ALTER TABLE notification {'ENABLE' if leg == 'A' else 'DISABLE'} TRIGGER {trigger}")
+        prepared = [rows(1000) for _ in range(batches)]
+        started = time.perf_counter()
+        for batch in prepared:
+            store.enqueue(batch, client_id=client_id)
+        batch_per_s = batches * 1000 / (time.perf_counter() - started)
+        prepared = rows(singles)
+        started = time.perf_counter()
+        for item in prepared:
+            store.enqueue([item], client_id=client_id)
+        single_per_s = singles / (time.perf_counter() - started)
+        with connection.cursor() as cursor:
+            cursor.execute("TRUNCATE notification, notification_event, outbox, status_event")
+        for start in range(0, drain_rows, 1000):
+            store.enqueue(rows(1000), client_id=client_id)
+        with connection.cursor() as cursor:
+            cursor.execute("VACUUM ANALYZE notification, outbox, notification_event")
+        delivered = 0
+        started = time.perf_counter()
+        while delivered < drain_rows:
+            claimed = store.claim(dispatcher="ab", limit=100, lease_seconds=60, channels=["fake"], start={"fake": 100})
+            if not claimed:
+                break
+            delivered += store.record_outcomes([store.Outcome(delivery=d, status="sent", provider_message_id=f"p{d.outbox_id}")
+                                                for d in claimed], dispatcher="ab")
+        drain_per_s = delivered / (time.perf_counter() - started)
+        results.append({"leg": leg, "batch_per_s": batch_per_s, "single_per_s": single_per_s, "drain_per_s": drain_per_s})
+        print(f"{leg}: batch {batch_per_s:,.0f}/s, single {single_per_s:,.0f}/s, drain {drain_per_s:,.0f}/s", flush=True)
+    with connection.cursor() as cursor:
+        for trigger in TRIGGERS:
+            cursor.execute(f"ALTER TABLE notification ENABLE TRIGGER {trigger}")
+    for key in ("batch_per_s", "single_per_s", "drain_per_s"):
+        with_triggers = statistics.fmean(r[key] for r in results if r["leg"] == "A")
+        without = statistics.fmean(r[key] for r in results if r["leg"] == "B")
+        print(f"{key}: with {with_triggers:,.0f}, without {without:,.0f}, ratio {with_triggers / without:.3f}")
+    return results
+
+
+if __name__ == "__main__":
+    # DATABASE_URL=postgres://... python -m bench.stats_bench   (a database of your own, migrated)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "notifications_project.settings")
+    import django
+
+    django.setup()
+    trigger_cost()
