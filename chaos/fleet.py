@@ -42,10 +42,14 @@ class DispatcherFleet:
     """The supervisors, their dispatcher processes, and what their logs say."""
 
     def __init__(self, count: int, *, args: list[str], env: dict[str, str], cwd: Path, workdir: Path,
-                 registry: ProcessRegistry):
+                 registry: ProcessRegistry, hosts: list[list[str]] | None = None, name: str = "dispatchers"):
+        # `hosts`: per supervisor, the command that runs it on its host (the cluster run's
+        # `ip netns exec ...`); none: on this one.
+        hosts = hosts or [[] for _ in range(count)]
         self.supervisors = [
-            ManagedProcess(f"dispatchers-{i}", [sys.executable, "manage.py", "run_dispatchers", "--processes", "1", *args],
-                           env=env, cwd=cwd, log_path=workdir / f"dispatchers-{i}.log", registry=registry)
+            ManagedProcess(f"{name}-{i}",
+                           [*hosts[i], sys.executable, "manage.py", "run_dispatchers", "--processes", "1", *args],
+                           env=env, cwd=cwd, log_path=workdir / f"{name}-{i}.log", registry=registry)
             for i in range(count)
         ]
 

@@ -49,6 +49,7 @@ like a real provider.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import random
 import signal
@@ -281,10 +282,27 @@ class ProviderHandler(BaseHTTPRequestHandler):
             pass  # the sender gave up (a slow answer): nothing to do
 
 
+def is_test_address(host: str | None) -> bool:
+    """Loopback, or a private address (the cluster run's test hosts): never a public one."""
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host or "")
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_private
+
+
+def _private_address(text: str) -> str:
+    if not is_test_address(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is neither loopback nor a private address")
+    return text
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m chaos.provider", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1", "localhost"],
-                        help="loopback only: the chaos suite never listens on a network")
+    parser.add_argument("--host", default="127.0.0.1", type=_private_address,
+                        help="loopback, or a private address (the cluster run's test hosts): never a public one")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed at start)")
     for fault, default in asdict(FaultRates()).items():
         parser.add_argument(f"--{fault.replace('_', '-')}", type=float, default=default, dest=fault)

@@ -24,8 +24,8 @@ from channels.base import Channel, Message
 from channels.errors import ChannelConfigurationError, PermanentChannelError, TransientChannelError
 from channels.retry_after import parse_retry_after
 
-# The chaos suite talks to a provider on this machine only.
-LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+from .provider import is_test_address
+
 
 
 class ChaosProviderChannel(Channel):
@@ -35,9 +35,12 @@ class ChaosProviderChannel(Channel):
     def __init__(self, name: str, *, base_url: str, timeout: float = 1.5):
         super().__init__(name, timeout=timeout)
         parts = urlsplit(base_url)
-        if parts.scheme != "http" or parts.hostname not in LOOPBACK_HOSTS or parts.port is None:
+        # The chaos and cluster runs talk to a provider on this machine only (loopback, or a
+        # test host on the cluster run's private bridge).
+        if parts.scheme != "http" or not is_test_address(parts.hostname) or parts.port is None:
             raise ChannelConfigurationError(
-                f"channel {name!r}: base_url must be http://127.0.0.1:PORT (loopback only), got {base_url!r}"
+                f"channel {name!r}: base_url must be http://ADDRESS:PORT on loopback or a private address, "
+                f"got {base_url!r}"
             )
         self.host, self.port = parts.hostname, parts.port
         self.path = parts.path.rstrip("/") + "/send"

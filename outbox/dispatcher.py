@@ -417,9 +417,11 @@ class Dispatcher:
         finally:
             with self._in_flight_lock:
                 lane.in_flight -= 1
-                # Wake the claim loop when half the lane's started capacity is free: STARTs
-                # and claims then come in groups, not one per finished send.
-                half_free = lane.in_flight == lane.max_started // 2
+                # Wake the claim loop when half the lane's started capacity comes free, or
+                # the lane's last send ends (a claim may have started fewer than half):
+                # STARTs and claims then come in groups, not one per finished send.
+                half = lane.max_started // 2
+                half_free = lane.in_flight == 0 or lane.in_flight <= half < lane.in_flight + 1
                 # Rows held for a free thread are started as soon as there is one.
                 wake = half_free or (lane.held and lane.in_flight < lane.threads)
             if wake:
