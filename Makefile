@@ -68,3 +68,13 @@ bench-quick: $(BENCH_INSTALLED)
 ## (CHAOS_ARGS="--notifications 2000" and the like: `python -m chaos --help`)
 chaos: $(INSTALLED)
 	$(PY) -m chaos $(CHAOS_ARGS)
+
+# --- Cluster: the scale-out across hosts, in network namespaces (root and `ip netns` needed) -----
+.PHONY: cluster
+
+## make cluster: 10,000 notifications through HAProxy onto 2 API hosts (via PgBouncer) and 3
+## dispatcher hosts (+20 ms to PostgreSQL), each a network namespace, while hosts are cut off,
+## killed and restarted; checks that nothing acknowledged is lost, measures the network's cost;
+## prints the table and writes .data/cluster/results.json (CLUSTER_ARGS: `python -m cluster --help`)
+cluster: $(INSTALLED)
+	$(PY) -m cluster $(CLUSTER_ARGS)

@@ -239,10 +239,11 @@ class Runner:
             "notifications_project.wsgi", "--bind", f"{self.network[host].address}:{port}",
             "--workers", str(self.config.api_workers), "--timeout", "60", "--graceful-timeout", "10")
 
-    def _fleet(self, name: str, *, delayed: bool) -> DispatcherFleet:
+    def _fleet(self, name: str, *, delayed: bool, log_level: str = "INFO") -> DispatcherFleet:
         config = self.config
+        env = {**self._env(self._db_url("delayed" if delayed else "direct")), "LOG_LEVEL": log_level}
         return DispatcherFleet(
-            len(DISPATCHER_HOSTS), name=name, env=self._env(self._db_url("delayed" if delayed else "direct")),
+            len(DISPATCHER_HOSTS), name=name, env=env,
             cwd=ROOT, workdir=config.workdir, registry=self.registry,
             hosts=[self.network[host].argv() for host in DISPATCHER_HOSTS],
             args=["--threads", str(config.threads), "--batch-size", str(config.batch_size),
@@ -387,7 +388,8 @@ class Runner:
             for way in ("direct", "delayed"):
                 leg = f"{way}-{pair}"
                 self._enqueue_drain(leg, config.drain_rows)
-                fleet = self._fleet(f"drain-{leg}", delayed=way == "delayed")
+                # WARNING, as in make bench: no log line per delivery (the fault run reads them).
+                fleet = self._fleet(f"drain-{leg}", delayed=way == "delayed", log_level="WARNING")
                 fleet.start()
                 deadline = time.monotonic() + config.drain_timeout
                 while self.database.query("SELECT count(*) FROM outbox")[0][0] and time.monotonic() < deadline:
