@@ -68,6 +68,10 @@ def as_api_exception(exc: errors.NotificationError) -> exceptions.APIException |
         return Conflict(exc.message)
     if isinstance(exc, errors.IdempotencyKeyReused):
         return IdempotencyKeyReused(exc.message)
+    if isinstance(exc, errors.RateLimited):
+        # The answer of DRF's throttles, as for every other request over the limit: 429,
+        # "Request was throttled. Expected available in N seconds.", Retry-After: N.
+        return exceptions.Throttled(wait=exc.retry_after)
     return None
 
 

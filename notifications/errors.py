@@ -59,3 +59,14 @@ class IdempotencyKeyReused(NotificationError):
             "This Idempotency-Key was already used with a different request body. "
             "Use a new key for a new request."
         )
+
+
+class RateLimited(NotificationError):
+    """The client has used its rate limit (NOTIFY_THROTTLE_RATE) for the current window:
+    nothing was written; `retry_after` is the seconds to the window's end."""
+
+    def __init__(self, *, retry_after: float, limit: int, period: int) -> None:
+        super().__init__(f"Over the rate limit of {limit} per {period} s; retry in {retry_after:g} s.")
+        self.retry_after = retry_after
+        self.limit = limit
+        self.period = period

@@ -10,6 +10,9 @@
   triggers' deltas into the per-minute and per-hour totals, and deletes the totals older than
   the day's window (and those that came to zero). Every minute, so that a stats read has
   little left to fold.
+- `delete_idle_rate_counters`: the rate limit's counter rows (notifications.throttling) of
+  clients that sent nothing for a day (their last window ended more than a day ago), and of
+  deleted clients; the rows of active clients are reused window after window.
 - `delete_gone_dispatchers`: dispatcher heartbeat rows (outbox.models.Dispatcher) whose last
   heartbeat is older than NOTIFY_DISPATCHER_RETENTION_HOURS (a process stopped or dead that
   long ago).
@@ -21,7 +24,7 @@ is simply taken by a later run. Each job returns what it deleted.
 
 They run on a schedule through django-q2 (`python manage.py qcluster`; the schedules are
 created by the migration notifications 0002 and by `python manage.py setup_schedules`), and by
-hand with `python manage.py housekeeping --job retention|idempotency|dispatchers|all`.
+hand with `python manage.py housekeeping --job retention|idempotency|rate_counters|dispatchers|all`.
 """
 
 from __future__ import annotations
@@ -90,6 +93,22 @@ WITH doomed AS (
 )
 DELETE FROM idempotency_key k USING doomed WHERE k.id = doomed.id
 """
+
+# Counter rows whose window ended before the cutoff (table api_rate_counter: clients x shards
+# rows, small enough for a sequential scan). A row a request is writing is skipped; a request
+# that arrives while its row is being deleted waits for the delete and inserts the row anew.
+DELETE_IDLE_RATE_COUNTERS = """
+WITH doomed AS (
+    SELECT client_id, shard FROM api_rate_counter
+    WHERE window_start + make_interval(secs => period) < %(cutoff)s
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM api_rate_counter c USING doomed WHERE c.client_id = doomed.client_id AND c.shard = doomed.shard
+"""
+
+# A client's counter rows are kept this long after its last window ended.
+RATE_COUNTER_IDLE = timedelta(days=1)
 
 
 def _setting(name: str, default):
@@ -173,6 +192,23 @@ def delete_expired_idempotency_keys(
     return {"job": "idempotency", "idempotency_keys": keys, "batches": batches}
 
 
+def delete_idle_rate_counters(
+    *, batch_size: int | None = None, now: datetime | None = None, max_seconds: float | None = None,
+) -> dict:
+    """Delete the rate counters of clients idle for a day (`now`, default the database's clock)."""
+    limit = _batch_size(batch_size)
+    cutoff = (now or _db_now()) - RATE_COUNTER_IDLE
+
+    def batch() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(DELETE_IDLE_RATE_COUNTERS, {"cutoff": cutoff, "limit": limit})
+            return cursor.rowcount
+
+    batches, rows = _in_batches(batch, batch_size=limit, max_seconds=max_seconds)
+    logger.info("housekeeping rate counters: deleted %d idle counter rows in %d batch(es)", rows, batches)
+    return {"job": "rate_counters", "rate_counters": rows, "batches": batches}
+
+
 def delete_gone_dispatchers(
     *, older_than_hours: float | None = None, batch_size: int | None = None,
     now: datetime | None = None, max_seconds: float | None = None,
@@ -224,12 +260,13 @@ JOBS = {
     "retention": delete_finished_notifications,
     "statistics": fold_statistics,
     "idempotency": delete_expired_idempotency_keys,
+    "rate_counters": delete_idle_rate_counters,
     "dispatchers": delete_gone_dispatchers,
 }
 
 
 def run_job(name: str, **options) -> dict:
-    """Run one job by name ("retention", "statistics", "idempotency", "dispatchers")."""
+    """Run one job by name ("retention", "statistics", "idempotency", "rate_counters", "dispatchers")."""
     return JOBS[name](**options)
 
 
@@ -250,6 +287,10 @@ def scheduled_idempotency() -> dict:
     return delete_expired_idempotency_keys(max_seconds=_scheduled_budget())
 
 
+def scheduled_rate_counters() -> dict:
+    return delete_idle_rate_counters(max_seconds=_scheduled_budget())
+
+
 def scheduled_dispatchers() -> dict:
     return delete_gone_dispatchers(max_seconds=_scheduled_budget())
 
@@ -264,6 +305,7 @@ SCHEDULES = {
     "housekeeping: statistics": ("notifications.housekeeping.scheduled_statistics", 1),
     "housekeeping: retention": ("notifications.housekeeping.scheduled_retention", 60),
     "housekeeping: idempotency keys": ("notifications.housekeeping.scheduled_idempotency", 60),
+    "housekeeping: rate counters": ("notifications.housekeeping.scheduled_rate_counters", 60),
     "housekeeping: dispatchers": ("notifications.housekeeping.scheduled_dispatchers", 60),
 }
 

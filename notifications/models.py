@@ -331,3 +331,34 @@ class MessageTemplateVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.template.name} v{self.version}"
+
+
+class ApiRateCounter(models.Model):
+    """How much of NOTIFY_THROTTLE_RATE a client has used in the current window, counted for
+    the whole fleet (notifications.throttling; the statements are outbox/sql.py's RATE_TAKE).
+
+    A fixed window of `period` seconds, aligned to the epoch, counted in `shard` rows per
+    client (NOTIFY_THROTTLE_SHARDS): a request adds to one shard and checks the sum of all.
+    Each row is reused from window to window (`used` starts again from 0 when `window_start`
+    moves on), so the table holds clients x shards rows, not one per window; housekeeping
+    deletes the rows of clients idle for a day.
+
+    Unlogged (migration 0010): no WAL for a counter updated by every request, and a request
+    that writes only this table (a GET) commits without waiting for a WAL flush. After a
+    crash of PostgreSQL the table is empty: the current window counts from zero again.
+    """
+
+    pk = models.CompositePrimaryKey("client_id", "shard")
+    # The client's id, without a foreign key: the counter is written by the intake's statement
+    # for the authenticated client; a deleted client's rows go with the next pruning.
+    client_id = models.BigIntegerField()
+    shard = models.SmallIntegerField()
+    window_start = models.DateTimeField()
+    period = models.IntegerField()  # the window's length in seconds (the rate's unit)
+    used = models.IntegerField()  # requests and notifications counted in this window
+
+    class Meta:
+        db_table = "api_rate_counter"
+
+    def __str__(self) -> str:
+        return f"client {self.client_id} shard {self.shard}: {self.used} since {self.window_start}"

@@ -111,17 +111,26 @@ def request_fingerprint(endpoint: str, body: Any) -> str:
 
 
 def notifications_create(*, client: ApiClient, notifications: Sequence[store.NewNotification],
-                         idempotency_key: str | None = None, fingerprint: str = "") -> tuple[list[store.Enqueued], bool]:
+                         idempotency_key: str | None = None, fingerprint: str = "",
+                         rate: store.RateLimit | None = None) -> tuple[list[store.Enqueued], bool]:
     """Accept validated notifications (see notification_validate), all or nothing: each one's
     row, first history event and outbox row are committed together; nothing is sent here.
+
+    With a `rate` (notifications.throttling), they count as their number against the client's
+    fleet-wide limit, in the statement that writes them: over it, nothing is written and
+    RateLimited is raised; a batch larger than the whole limit is InvalidNotification.
 
     Returns what was written, in order, and False; or, with an idempotency key, for a repeat
     of an earlier request (same key, same fingerprint): nothing is written, and the earlier
     request's notifications are returned as they are now, with True. Raises
     IdempotencyKeyReused for the same key with another fingerprint.
     """
+    if rate is not None and len(notifications) > 1 and len(notifications) > rate.limit:
+        # It could never be accepted: a 429 would have the client retry it forever.
+        raise InvalidNotification("notifications", f"{len(notifications)} notifications in one batch, but the rate "
+                                                   f"limit allows {rate.limit} per {rate.period} s; split it.")
     if idempotency_key is None:
-        written = store.enqueue(notifications, client_id=client.pk)
+        written = store.enqueue(notifications, client_id=client.pk, rate=rate)
         metrics.count_accepted(n.channel for n in notifications)
         return written, False
 
@@ -130,8 +139,8 @@ def notifications_create(*, client: ApiClient, notifications: Sequence[store.New
             client_id=client.pk, key=idempotency_key, request_hash=fingerprint,
             notification_ids=[n.id for n in notifications], ttl_seconds=settings.NOTIFY_IDEMPOTENCY_TTL_SECONDS,
         )
-        if earlier is None:
-            written = store.enqueue(notifications, client_id=client.pk)
+        if earlier is None:  # RateLimited rolls the key back with the rest
+            written = store.enqueue(notifications, client_id=client.pk, rate=rate)
     if earlier is None:  # committed; a replay (below) writes nothing and is not counted
         metrics.count_accepted(n.channel for n in notifications)
         return written, False

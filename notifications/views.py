@@ -23,7 +23,7 @@ from rest_framework.views import APIView
 from channels.registry import all_channels
 from outbox.models import ChannelState
 
-from . import services, template_store
+from . import services, template_store, throttling
 from .models import Notification
 from .openapi import (
     ERROR_EXAMPLE,
@@ -123,6 +123,7 @@ def _create(request, endpoint: str, notifications: list) -> tuple[list, bool]:
     return services.notifications_create(
         client=request.user, notifications=notifications, idempotency_key=key,
         fingerprint=services.request_fingerprint(endpoint, request.data) if key else "",
+        rate=throttling.configured_rate(),  # counted by the enqueue itself (rate_counted_by_enqueue)
     )
 
 
@@ -153,6 +154,8 @@ class NotificationListView(APIView):
     """POST: accept a notification for delivery (202). GET: list notifications, newest first."""
 
     FILTERS = {"status": "status", "channel": "channel", "to": "recipient"}
+    # Its POST is counted against the rate limit by the statement that enqueues (throttling).
+    rate_counted_by_enqueue = True
 
     @extend_schema(
         summary="Send a notification",
@@ -199,6 +202,9 @@ class NotificationListView(APIView):
 
 class NotificationBatchView(APIView):
     """POST: accept up to 1,000 notifications at once, all or nothing (202, ids in order)."""
+
+    # Counted as its number of notifications by the statement that enqueues them (throttling).
+    rate_counted_by_enqueue = True
 
     @extend_schema(
         summary="Send up to 1,000 notifications at once",

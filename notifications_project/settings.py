@@ -170,13 +170,15 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = True
 
 # --- API -------------------------------------------------------------------------------------
+_THROTTLE_RATE = (os.environ.get("NOTIFY_THROTTLE_RATE") or "100000/minute").strip()
 REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["notifications.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_AUTHENTICATION_CLASSES": ["notifications.auth.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_THROTTLE_CLASSES": ["notifications.throttling.ApiClientRateThrottle"],
-    "DEFAULT_THROTTLE_RATES": {"api_client": os.environ.get("NOTIFY_THROTTLE_RATE") or "100000/minute"},
+    # Per client, for the whole fleet (notifications.throttling); "off": no limit.
+    "DEFAULT_THROTTLE_RATES": {"api_client": None if _THROTTLE_RATE.lower() in ("off", "none") else _THROTTLE_RATE},
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
     "EXCEPTION_HANDLER": "notifications.api_errors.exception_handler",
@@ -201,6 +203,10 @@ SPECTACULAR_SETTINGS = {
         "notifications.openapi.describe_channels",
     ],
 }
+# At most this many counter rows per client for the rate limit (notifications.throttling: one
+# per 1,000 of the limit): one is exact; more let one client's concurrent POSTs commit side by
+# side, and may let through the requests in flight on the other rows when the limit is reached.
+NOTIFY_THROTTLE_SHARDS = int(env_float("NOTIFY_THROTTLE_SHARDS", 8))
 # A revoked API key stops working in other API processes within this many seconds.
 NOTIFY_API_KEY_CACHE_SECONDS = env_float("NOTIFY_API_KEY_CACHE_SECONDS", 10)
 # How long an Idempotency-Key is remembered.

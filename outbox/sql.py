@@ -35,8 +35,8 @@ in the same transaction as the statement here that changed it.
 # A client with a webhook endpoint gets status events of the new notifications (reports_status),
 # written by the trigger notification_accepted, and of their later status changes, by
 # notification_status_changed (notifications/migrations/0004_receipts_suppressions_status_events.py).
-ENQUEUE = """
-WITH input AS (
+_ENQUEUE_CTES = """
+input AS (
     SELECT t.*, s.reason AS suppressed_for, s.notification_id AS suppressed_by, s.created_at AS suppressed_at
     -- One JSON array of the rows (one object each), not an array per column: the client
     -- encodes it with the C JSON encoder, 5x faster than adapting 15 arrays value by value
@@ -59,6 +59,7 @@ WITH input AS (
            EXISTS (SELECT 1 FROM webhook_endpoint WHERE client_id = %(client_id)s),
            html, template, template_version, locale
     FROM input
+    WHERE {admitted}
     RETURNING id, channel, recipient, status, priority, send_at, created_at, last_error
 ), first_event AS (
     INSERT INTO notification_event (notification_id, status, attempt, error,
@@ -77,10 +78,81 @@ WITH input AS (
     FROM new_notification
     WHERE status <> 'suppressed'
 )
+"""
+
+ENQUEUE = "WITH " + _ENQUEUE_CTES.replace("{admitted}", "true") + """
 SELECT id, status, created_at, last_error,
        (SELECT pg_notify('outbox', '') WHERE %(notify)s) AS wake
 FROM new_notification
 """
+
+# The fleet-wide rate limit per API client (notifications.throttling: NOTIFY_THROTTLE_RATE),
+# one fixed window of %(rate_period)s seconds aligned to the epoch, in which the client may use
+# %(rate_limit)s: a request costs %(rate_cost)s (1, or its number of notifications).
+# - Table api_rate_counter (unlogged), primary key (client_id, shard): the client's window is
+#   counted in NOTIFY_THROTTLE_SHARDS rows, and a request adds its cost to one of them,
+#   %(rate_shard)s, picked at random by the caller. A row is reused from window to window: its
+#   `used` starts again from 0 when window_start (or the rate's period) has moved on.
+# - The check: the other shards' sum as of the statement's snapshot (rate_others, by the
+#   primary key) plus this shard as it is once locked, plus the cost, must stay within the
+#   limit. ON CONFLICT DO UPDATE locks the shard's row and evaluates its WHERE on the newest
+#   committed version (after waiting for a concurrent request holding it), so with one shard
+#   the limit is exact. With several, a request does not see the other shards' uncommitted
+#   increments: the fleet may exceed the limit by the cost of the requests in flight on other
+#   shards at that moment, never more.
+# - Refused (over the limit): the INSERT and its update write nothing, and `rate_taken` is
+#   empty. The row lock, when taken, lasts until the request's transaction commits: requests
+#   of one client on one shard commit one after another (hence the shards).
+_RATE_CTES = """
+rate_window AS (
+    SELECT to_timestamp(floor(extract(epoch FROM statement_timestamp()) / %(rate_period)s::int)
+                        * %(rate_period)s::int) AS starts
+), rate_others AS (
+    SELECT coalesce(sum(c.used), 0) AS used
+    FROM api_rate_counter c, rate_window w
+    WHERE c.client_id = %(client_id)s AND c.shard <> %(rate_shard)s::smallint
+      AND c.window_start = w.starts AND c.period = %(rate_period)s::int
+), rate_taken AS (
+    INSERT INTO api_rate_counter AS c (client_id, shard, window_start, period, used)
+    SELECT %(client_id)s, %(rate_shard)s::smallint, w.starts, %(rate_period)s::int, %(rate_cost)s::int
+    FROM rate_window w, rate_others o
+    WHERE o.used + %(rate_cost)s::int <= %(rate_limit)s::int
+    ON CONFLICT (client_id, shard) DO UPDATE
+        SET used = CASE WHEN c.window_start = EXCLUDED.window_start AND c.period = EXCLUDED.period
+                        THEN c.used ELSE 0 END + EXCLUDED.used,
+            window_start = EXCLUDED.window_start, period = EXCLUDED.period
+        WHERE CASE WHEN c.window_start = EXCLUDED.window_start AND c.period = EXCLUDED.period
+                   THEN c.used ELSE 0 END + EXCLUDED.used + (SELECT used FROM rate_others) <= %(rate_limit)s::int
+    RETURNING 1
+), rate_refused AS (
+    -- One row when refused: the seconds to the window's end (the answer's Retry-After).
+    SELECT greatest(1, ceil(extract(epoch FROM w.starts + make_interval(secs => %(rate_period)s::int)
+                                               - statement_timestamp())))::int AS retry_after
+    FROM rate_window w
+    WHERE NOT EXISTS (SELECT 1 FROM rate_taken)
+)"""
+
+# Intake under the rate limit: ENQUEUE with the client's counter taken in the same statement,
+# so that a steady-state POST stays one round trip. The notifications are written only if the
+# counter took the request's cost (`new_notification` reads rate_taken, so the counter's CTE
+# runs first and decides); refused, the statement writes nothing and returns one row whose id
+# is NULL, with the Retry-After in `retry_after`.
+# Lock order: the counter's row (RATE_TAKE's), then the new rows; TAKE_IDEMPOTENCY_KEY, when
+# there is a key, comes before it in the same transaction (its key's row only).
+ENQUEUE_COUNTED = "WITH " + _RATE_CTES + "," + _ENQUEUE_CTES.replace("{admitted}", "EXISTS (SELECT 1 FROM rate_taken)") + """
+SELECT id, status, created_at, last_error,
+       (SELECT pg_notify('outbox', '') WHERE %(notify)s) AS wake, NULL::int AS retry_after
+FROM new_notification
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, retry_after FROM rate_refused
+"""
+
+# The rate limit for every other API request (notifications.throttling): one request's cost
+# taken from the client's counter, alone; NULL if taken, else the Retry-After in seconds.
+RATE_TAKE = "WITH " + _RATE_CTES + """
+SELECT (SELECT retry_after FROM rate_refused)
+"""
+
 
 # Idempotency: take the client's Idempotency-Key for this request, in the transaction that
 # enqueues its notifications. The unique index idempotency_key_unique decides between racing
@@ -763,4 +835,138 @@ WHERE r.applied_at IS NULL
 ORDER BY r.id
 LIMIT 1000
 FOR UPDATE OF r SKIP LOCKED
+"""
+
+# --- channels that are no longer configured (outbox.unconfigured) --------------------------------
+# A channel removed from (or renamed in) the channels file leaves its outbox rows to nobody: no
+# dispatcher claims for it. These find such rows, and move them to another channel or fail them.
+
+# The channels that have outbox rows, but are not among %(configured)s, with their rows
+# (pending), those leased to a dispatcher right now (leased: a dispatcher with an older
+# channels file still serves it) and their kind as last recorded (channel_kind). The channels
+# present are found by a loose index scan of outbox_claim_idx (led by the channel): one probe
+# per channel, however long the backlog of the configured ones; the counts then read the
+# index's range of each unconfigured channel only. Reads only: no lock.
+UNCONFIGURED_CHANNELS = """
+WITH RECURSIVE present AS (
+    (SELECT channel FROM outbox ORDER BY channel LIMIT 1)
+    UNION ALL
+    SELECT (SELECT o.channel FROM outbox o WHERE o.channel > p.channel ORDER BY o.channel LIMIT 1)
+    FROM present p
+    WHERE p.channel IS NOT NULL
+)
+SELECT p.channel, k.kind, c.pending, c.leased
+FROM present p
+LEFT JOIN channel_kind k ON k.channel = p.channel
+CROSS JOIN LATERAL (
+    SELECT count(*) AS pending,
+           count(*) FILTER (WHERE o.locked_by IS NOT NULL AND o.run_at > statement_timestamp()) AS leased
+    FROM outbox o WHERE o.channel = p.channel
+) c
+WHERE p.channel IS NOT NULL AND p.channel <> ALL(%(configured)s::text[])
+ORDER BY p.channel
+"""
+
+# The kinds of the configured channels, as this process sees them (one row each).
+RECORD_CHANNEL_KINDS = """
+INSERT INTO channel_kind (channel, kind, backend, seen_at)
+SELECT channel, kind, backend, statement_timestamp()
+FROM unnest(%(channels)s::text[], %(kinds)s::text[], %(backends)s::text[]) AS t(channel, kind, backend)
+ON CONFLICT (channel) DO UPDATE SET kind = EXCLUDED.kind, backend = EXCLUDED.backend, seen_at = EXCLUDED.seen_at
+"""
+
+# Up to %(limit)s rows of channel %(channel)s that no live lease holds, with what the target
+# channel must accept before they move (its validation), but those in %(skip)s (refused by it
+# already). Index outbox_claim_idx (channel, ...); the notifications by primary key. No lock:
+# MOVE_TO_CHANNEL re-checks each row under its lock.
+MOVE_CANDIDATES = """
+SELECT o.id, n.recipient, n.subject, n.message, n.html, n.metadata
+FROM outbox o JOIN notification n ON n.id = o.notification_id
+WHERE o.channel = %(channel)s AND (o.locked_by IS NULL OR o.run_at <= statement_timestamp())
+  AND o.id <> ALL(%(skip)s::bigint[])
+LIMIT %(limit)s
+"""
+
+# Move outbox rows %(outbox_ids)s of channel %(channel)s (no longer configured) to channel
+# %(to)s, as an operator asked (`manage.py unconfigured_channels CHANNEL --to NAME`):
+# - only rows that no live lease holds: a row leased to a dispatcher (one that still serves
+#   the old channel) is left to it, and a row locked by a claim right now is skipped (FOR
+#   UPDATE SKIP LOCKED), both for a later run. A lease that lapsed is dropped; if its send had
+#   started, the outcome of that attempt is unknown and the notification goes back to
+#   'retrying', as CLAIM does for a lapsed lease (at least once: it is sent again);
+# - the row keeps its due time (run_at), priority and attempts; it now belongs to %(to)s alone
+#   (origin NULL: the failover of the new channel's own fallbacks applies, counted from now);
+# - the notification's channel follows, and its history says who moved it, from where, to where.
+# Fencing: the lease token is cleared, so a dispatcher that still held a lapsed lease records
+# nothing for it (RECORD matches no row). Lock order: outbox rows, then notification rows.
+MOVE_TO_CHANNEL = """
+WITH moving AS (
+    SELECT o.id, o.locked_by IS NOT NULL AND o.sending AS was_sending
+    FROM outbox o
+    WHERE o.id = ANY(%(outbox_ids)s::bigint[]) AND o.channel = %(channel)s
+      AND (o.locked_by IS NULL OR o.run_at <= statement_timestamp())
+    ORDER BY o.id
+    FOR UPDATE OF o SKIP LOCKED
+), moved AS (
+    UPDATE outbox o
+    SET channel = %(to)s, origin = NULL, moved_at_attempt = o.attempts,
+        locked_by = NULL, lease_token = NULL, sending = false
+    FROM moving m
+    WHERE o.id = m.id
+    RETURNING o.notification_id, o.attempts, m.was_sending
+), renamed AS (
+    UPDATE notification n
+    SET channel = %(to)s, updated_at = statement_timestamp(),
+        status = CASE WHEN m.was_sending THEN 'retrying' ELSE n.status END,
+        last_error = CASE WHEN m.was_sending THEN 'lease expired during the send; outcome unknown' ELSE n.last_error END
+    FROM moved m
+    WHERE n.id = m.notification_id
+    RETURNING n.id, n.status
+), moved_event AS (
+    INSERT INTO notification_event (notification_id, status, attempt, error, provider_message_id,
+                                    dispatcher, note, created_at)
+    SELECT m.notification_id, r.status, m.attempts, '', '', '',
+           'moved from channel ' || %(channel)s || ' (no longer configured) to ' || %(to)s || ' by ' || %(by)s
+           || CASE WHEN m.was_sending THEN '; the send of attempt ' || m.attempts || ' had started on '
+                   || %(channel)s || ' and its outcome is unknown' ELSE '' END,
+           statement_timestamp()
+    FROM moved m JOIN renamed r ON r.id = m.notification_id
+)
+SELECT count(*) FROM moved
+"""
+
+# Fail up to %(limit)s rows of channel %(channel)s (no longer configured), as an operator
+# asked (`manage.py unconfigured_channels CHANNEL --fail`): the outbox row goes, as RECORD's
+# does for a failure; the notification stays, 'failed' with %(reason)s as its error, and its
+# history says who failed it and why. The same rows as MOVE_TO_CHANNEL's: none that a live
+# lease holds, none locked by a claim now. Index outbox_claim_idx (channel, ...) finds them.
+# Lock order: outbox rows, then notification rows.
+FAIL_CHANNEL = """
+WITH failing AS (
+    SELECT o.id, o.locked_by IS NOT NULL AND o.sending AS was_sending
+    FROM outbox o
+    WHERE o.channel = %(channel)s AND (o.locked_by IS NULL OR o.run_at <= statement_timestamp())
+    LIMIT %(limit)s
+    FOR UPDATE OF o SKIP LOCKED
+), removed AS (
+    DELETE FROM outbox o
+    USING failing f
+    WHERE o.id = f.id
+    RETURNING o.notification_id, o.attempts, f.was_sending
+), failed AS (
+    UPDATE notification n
+    SET status = 'failed', last_error = %(reason)s, updated_at = statement_timestamp()
+    FROM removed r
+    WHERE n.id = r.notification_id
+), failed_event AS (
+    INSERT INTO notification_event (notification_id, status, attempt, error, provider_message_id,
+                                    dispatcher, note, created_at)
+    SELECT r.notification_id, 'failed', r.attempts, %(reason)s, '', '',
+           'failed by ' || %(by)s || ': channel ' || %(channel)s || ' is no longer configured'
+           || CASE WHEN r.was_sending THEN '; the send of attempt ' || r.attempts
+                   || ' had started and its outcome is unknown' ELSE '' END,
+           statement_timestamp()
+    FROM removed r
+)
+SELECT count(*) FROM removed
 """

@@ -22,6 +22,7 @@ from psycopg.types.json import Jsonb
 from channels.base import Message
 from channels.policy import ChannelPolicy
 from channels.receipts import Receipt
+from notifications.errors import RateLimited
 from notifications.models import Status
 
 from . import sql
@@ -92,11 +93,30 @@ def _dump_rows(rows: list[dict]) -> str:
                       ensure_ascii=False, separators=(",", ":"))
 
 
-def enqueue(notifications: Sequence[NewNotification], *, client_id: int) -> list[Enqueued]:
+@dataclass(frozen=True)
+class RateLimit:
+    """A client's rate limit for the whole fleet: at most `limit` per fixed window of `period`
+    seconds, counted in `shards` rows (outbox/sql.py, RATE_TAKE)."""
+
+    limit: int
+    period: int
+    shards: int = 1
+
+
+def _rate_params(rate: RateLimit, cost: int) -> dict:
+    # A random shard per request spreads one client's concurrent requests over the rows.
+    return {"rate_limit": rate.limit, "rate_period": rate.period, "rate_cost": cost,
+            "rate_shard": random.randrange(rate.shards) if rate.shards > 1 else 0}
+
+
+def enqueue(notifications: Sequence[NewNotification], *, client_id: int,
+            rate: RateLimit | None = None) -> list[Enqueued]:
     """Insert notifications, their first events and outbox rows in one statement.
 
-    Returns what was written, in input order. Atomic on its own; inside an outer
-    transaction.atomic() it commits with it.
+    With a `rate`, the same statement first takes their number from the client's counter
+    (ENQUEUE_COUNTED) and writes nothing if that is over the limit: RateLimited, with the
+    seconds to the window's end. Returns what was written, in input order. Atomic on its own;
+    inside an outer transaction.atomic() it commits with it.
     """
     rows = [{"id": n.id, "channel": n.channel, "recipient": n.recipient, "subject": n.subject,
              "message": n.message, "metadata": n.metadata or {}, "priority": n.priority, "send_at": n.send_at,
@@ -104,10 +124,23 @@ def enqueue(notifications: Sequence[NewNotification], *, client_id: int) -> list
              "html": n.html, "template": n.template, "template_version": n.template_version, "locale": n.locale}
             for n in notifications]
     params = {"client_id": client_id, "rows": Jsonb(rows, dumps=_dump_rows), "notify": _notify_debounce.allow()}
+    if rate is not None:
+        params.update(_rate_params(rate, len(notifications)))
     with connection.cursor() as cursor:
-        cursor.execute(sql.ENQUEUE, params)
-        written = {row[0]: Enqueued(row[0], row[1], row[2], row[3]) for row in cursor.fetchall()}
+        cursor.execute(sql.ENQUEUE if rate is None else sql.ENQUEUE_COUNTED, params)
+        result = cursor.fetchall()
+    if rate is not None and len(result) == 1 and result[0][0] is None:
+        raise RateLimited(retry_after=result[0][5], limit=rate.limit, period=rate.period)
+    written = {row[0]: Enqueued(row[0], row[1], row[2], row[3]) for row in result}
     return [written[n.id] for n in notifications]
+
+
+def take_rate(*, client_id: int, rate: RateLimit, cost: int = 1) -> int | None:
+    """Take `cost` from the client's rate counter (RATE_TAKE), one statement of its own: None
+    if taken, else the seconds to the window's end (nothing was counted)."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql.RATE_TAKE, {"client_id": client_id, **_rate_params(rate, cost)})
+        return cursor.fetchone()[0]
 
 
 def take_idempotency_key(*, client_id: int, key: str, request_hash: str,

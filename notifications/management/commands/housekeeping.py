@@ -1,4 +1,4 @@
-"""python manage.py housekeeping [--job retention|statistics|idempotency|dispatchers|all]: run the
+"""python manage.py housekeeping [--job retention|statistics|idempotency|rate_counters|dispatchers|all]: run the
 housekeeping jobs now, by hand (qcluster runs them on their schedule)."""
 
 from django.core.management.base import BaseCommand, CommandError
@@ -8,7 +8,8 @@ from notifications import housekeeping
 
 class Command(BaseCommand):
     help = ("Delete finished notifications past NOTIFY_RETENTION_DAYS with their history (retention), expired "
-            "Idempotency-Keys (idempotency) and dispatcher records without heartbeat for "
+            "Idempotency-Keys (idempotency), the rate limit's counters of clients idle for a day (rate_counters), "
+            "dispatcher records without heartbeat for "
             "NOTIFY_DISPATCHER_RETENTION_HOURS (dispatchers), in batches; fold and prune the statistics' counters "
             "(statistics).")
 

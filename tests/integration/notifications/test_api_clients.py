@@ -8,7 +8,6 @@ import uuid
 
 import pytest
 from django.conf import settings
-from django.core.cache import cache
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
@@ -18,7 +17,6 @@ from rest_framework.test import APIClient
 
 from notifications.auth import api_key_create, hash_key, key_cache
 from notifications.models import ApiClient, ApiKey, Notification
-from notifications.throttling import ApiClientRateThrottle
 from outbox.models import OutboxEntry
 from tests.api_helpers import URL, assert_error, url_of
 from tests.helpers import history, make_api_client, row_counts, tenant
@@ -271,16 +269,12 @@ def test_create_api_key_refuses_a_malformed_given_key(db, bad):
 
 
 @pytest.fixture
-def three_per_minute(monkeypatch):
-    """Rate "3/minute" per client. DRF binds SimpleRateThrottle.THROTTLE_RATES to the settings
-    dict at import, so override_settings + api_settings.reload() alone does not reach the
-    throttle class: its THROTTLE_RATES is patched too. The counters live in Django's cache."""
+def three_per_minute():
+    """Rate "3/minute" per client, counted in PostgreSQL for the whole fleet
+    (notifications.throttling; tests/integration/notifications/test_throttling.py has the rest)."""
     rates = {"api_client": "3/minute"}
     with override_settings(REST_FRAMEWORK={**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": rates}):
-        monkeypatch.setattr(ApiClientRateThrottle, "THROTTLE_RATES", rates)
-        cache.clear()
         yield
-    cache.clear()
 
 
 def test_the_fourth_request_in_a_minute_answers_429_with_retry_after(db, three_per_minute):

@@ -192,12 +192,13 @@ def test_the_schedules_exist_after_migrate_and_setup_is_idempotent(db):
         "notifications.housekeeping.scheduled_idempotency",
         "notifications.housekeeping.scheduled_dispatchers",
         "notifications.housekeeping.scheduled_statistics",
+        "notifications.housekeeping.scheduled_rate_counters",
     }
     next_runs = dict(Schedule.objects.values_list("name", "next_run"))
 
     call_command("setup_schedules", stdout=StringIO())
     call_command("setup_schedules", stdout=StringIO())
-    assert schedules() == expected and Schedule.objects.filter(name__startswith="housekeeping:").count() == 4
+    assert schedules() == expected and Schedule.objects.filter(name__startswith="housekeeping:").count() == 5
     assert dict(Schedule.objects.values_list("name", "next_run")) == next_runs  # next runs kept
 
     # A deleted, altered or duplicated schedule is put right.
@@ -207,7 +208,7 @@ def test_the_schedules_exist_after_migrate_and_setup_is_idempotent(db):
     out = StringIO()
     call_command("setup_schedules", stdout=out)
     assert "housekeeping: retention: notifications.housekeeping.scheduled_retention every 60 min" in out.getvalue()
-    assert schedules() == expected and Schedule.objects.filter(name__startswith="housekeeping:").count() == 4
+    assert schedules() == expected and Schedule.objects.filter(name__startswith="housekeeping:").count() == 5
 
 
 def test_the_scheduled_functions_run_as_django_q_tasks(db):
@@ -217,7 +218,8 @@ def test_the_scheduled_functions_run_as_django_q_tasks(db):
     for name, (func, _) in housekeeping.SCHEDULES.items():
         task_id = async_task(func, sync=True)
         task = Success.objects.get(id=task_id)
-        assert task.success and task.result["job"] in ("retention", "idempotency", "dispatchers", "statistics"), task.result
+        assert task.success and task.result["job"] in ("retention", "idempotency", "dispatchers", "statistics",
+                                                        "rate_counters"), task.result
     assert not exists(stale)
 
 
