@@ -1,13 +1,17 @@
 """The admin's view of the delivery side: pending work (what is due when, who holds a lease
-until when) and the dispatcher processes (from their heartbeats)."""
+until when, and the channels no longer configured that still have some) and the dispatcher
+processes (from their heartbeats)."""
 
 from datetime import timedelta
 
 from django.conf import settings
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import DurationField, ExpressionWrapper, F, Q
 from django.db.models.functions import Now
 
+from channels.registry import all_channels
+
+from . import unconfigured
 from .models import ChannelState, Dispatcher, OutboxEntry
 
 
@@ -18,6 +22,13 @@ class OutboxEntryAdmin(admin.ModelAdmin):
     search_fields = ["=notification__id", "locked_by"]
     ordering = ["run_at", "id"]
     readonly_fields = ["notification", "channel", "run_at", "attempts", "locked_by", "lease_token"]
+
+    def changelist_view(self, request, extra_context=None):
+        """The list, under a warning for each channel that has pending rows but is not
+        configured (outbox.unconfigured): no dispatcher will ever send them."""
+        for channel in unconfigured.find(all_channels()):
+            messages.warning(request, channel.describe())
+        return super().changelist_view(request, extra_context)
 
     def has_add_permission(self, request) -> bool:
         return False

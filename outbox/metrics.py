@@ -22,7 +22,9 @@ so the dispatcher metrics are built on first use, in the child, after the superv
 chosen the directory (use_multiprocess_dir).
 
 OutboxCollector computes outbox_pending and outbox_oldest_due_age_seconds at scrape time with
-one query; the API's /metrics adds it to what the processes wrote.
+one query, and outbox_unconfigured_pending{channel} (the pending notifications of each
+channel that the channels file no longer configures: nothing sends them) with another; the
+API's /metrics adds it to what the processes wrote.
 """
 
 from __future__ import annotations
@@ -166,27 +168,38 @@ BREAKER_STATES = ("closed", "open", "half_open")
 
 
 class OutboxCollector:
-    """outbox_pending, outbox_oldest_due_age_seconds and channel_circuit_breaker{channel, state}
-    (1 for each channel's current state), queried when scraped. If the database does not
-    answer, the gauges are left out of that scrape (and /readyz answers 503)."""
+    """outbox_pending, outbox_oldest_due_age_seconds, channel_circuit_breaker{channel, state}
+    (1 for each channel's current state) and outbox_unconfigured_pending{channel}, queried
+    when scraped. If the database does not answer, the gauges are left out of that scrape (and
+    /readyz answers 503)."""
 
     def describe(self):
-        return self._families(None, None, [])
+        return self._families(None, None, [], [])
 
     def collect(self):
+        from channels.errors import ChannelConfigurationError
+        from channels.registry import all_channels
+
+        from .unconfigured import find
+
         try:
             with connection.cursor() as cursor:
                 cursor.execute(OUTBOX_GAUGES_SQL)
                 pending, oldest_age = cursor.fetchone()
                 cursor.execute(CHANNEL_STATE_SQL)
                 breakers = cursor.fetchall()
+            try:
+                configured = all_channels()
+            except ChannelConfigurationError:  # the API does not start so; `manage.py check` says why
+                configured = None
+            stranded = [] if configured is None else [(c.channel, c.pending) for c in find(configured)]
         except (DatabaseError, InterfaceError) as exc:
             logger.warning("metrics: outbox gauges unavailable (%s)", exc)
             return []
-        return self._families(pending, max(0.0, float(oldest_age)), breakers)
+        return self._families(pending, max(0.0, float(oldest_age)), breakers, stranded)
 
     @staticmethod
-    def _families(pending, oldest_age, breakers):
+    def _families(pending, oldest_age, breakers, stranded):
         from prometheus_client.core import GaugeMetricFamily
 
         families = [
@@ -195,6 +208,9 @@ class OutboxCollector:
                               "Seconds since the oldest due outbox row became due (0 if none is due)."),
             GaugeMetricFamily("channel_circuit_breaker", "Each channel's circuit breaker: 1 for its current state.",
                               labels=["channel", "state"]),
+            GaugeMetricFamily("outbox_unconfigured_pending",
+                              "Notifications pending for a channel that is not configured (no dispatcher serves it), "
+                              "by channel; absent when there are none.", labels=["channel"]),
         ]
         if pending is not None:
             families[0].add_metric([], pending)
@@ -202,4 +218,6 @@ class OutboxCollector:
         for channel, current in breakers:
             for state in BREAKER_STATES:
                 families[2].add_metric([channel, state], 1 if state == current else 0)
+        for channel, count in stranded:
+            families[3].add_metric([channel], count)
         return families

@@ -132,3 +132,22 @@ class RecipientBudget(models.Model):
         db_table = "recipient_budget"
         constraints = [models.UniqueConstraint(fields=["channel", "recipient"], name="recipient_budget_unique")]
         indexes = [models.Index(fields=["refilled_at"], name="recipient_budget_refilled_idx")]
+
+
+class ChannelKind(models.Model):
+    """The kind (email, sms, ...) of every channel this service has been configured with, as
+    the processes that served it last saw it: written by the migration that made this table,
+    by `run_dispatchers` at start and by `manage.py unconfigured_channels`. Once a channel is
+    removed from the channels file, this is what still says what its pending notifications
+    are, so that they move only to a channel of the same kind (outbox.unconfigured)."""
+
+    channel = models.CharField(primary_key=True, max_length=100)
+    kind = models.CharField(max_length=50)
+    backend = models.CharField(max_length=255)
+    seen_at = models.DateTimeField(db_default=models.functions.Now())
+
+    class Meta:
+        db_table = "channel_kind"
+
+    def __str__(self) -> str:
+        return f"{self.channel} ({self.kind})"

@@ -1,14 +1,19 @@
 """python manage.py run_dispatchers: the delivery side of the service."""
 
+import logging
 import os
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError, connections
 
 from channels.registry import STATUS_WEBHOOKS_CHANNEL, all_channels
+from outbox import unconfigured
 from outbox.dispatcher import DEADLINE_SLACK, Dispatcher, lease_allows_send
 from outbox.retry import RetryPolicy
 from outbox.supervisor import Supervisor
+
+logger = logging.getLogger("outbox.unconfigured")
 
 
 class Command(BaseCommand):
@@ -53,6 +58,7 @@ class Command(BaseCommand):
                 raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
         if options["metrics_port"] is not None and not 0 < options["metrics_port"] < 65536:
             raise CommandError("--metrics-port must be between 1 and 65535")
+        self._report_unconfigured(configured)
         self._fit_built_in_channel(channels, options["lease_seconds"])
         slowest = max(channels.values(), key=lambda c: c.send_timeout)
         if not lease_allows_send(lease_left=options["lease_seconds"], send_timeout=slowest.send_timeout):
@@ -88,6 +94,19 @@ class Command(BaseCommand):
                     f"cannot serve metrics on {options['metrics_addr']}:{options['metrics_port']}: {exc}"
                 ) from None
         raise SystemExit(supervisor.run())
+
+    def _report_unconfigured(self, configured: dict) -> None:
+        """Record the configured channels' kinds, and name each channel that has pending
+        notifications but is configured nowhere here (outbox.unconfigured): they would wait
+        for ever. In the supervisor, before it forks: its connection is closed again."""
+        try:
+            unconfigured.record_kinds(configured)
+            for channel in unconfigured.find(configured):
+                logger.warning("%s", channel.describe(), extra={"channel": channel.channel, "pending": channel.pending})
+        except DatabaseError as exc:  # the dispatchers wait for the database themselves
+            logger.warning("could not look for unconfigured channels' notifications: %s", exc)
+        finally:
+            connections.close_all()
 
     def _fit_built_in_channel(self, channels: dict, lease_seconds: float) -> None:
         """The built-in status-webhooks channel (unless the channels file configures it) sends
