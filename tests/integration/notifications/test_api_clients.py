@@ -20,6 +20,7 @@ from notifications.models import ApiClient, ApiKey, Notification
 from outbox.models import OutboxEntry
 from tests.api_helpers import URL, assert_error, url_of
 from tests.helpers import history, make_api_client, row_counts, tenant
+from tests.integration.notifications.test_throttling import away_from_a_window_boundary
 
 PAYLOAD = {"channel": "fake", "to": "someone", "message": "hi"}
 
@@ -269,11 +270,13 @@ def test_create_api_key_refuses_a_malformed_given_key(db, bad):
 
 
 @pytest.fixture
-def three_per_minute():
+def three_per_minute(db):
     """Rate "3/minute" per client, counted in PostgreSQL for the whole fleet
-    (notifications.throttling; tests/integration/notifications/test_throttling.py has the rest)."""
+    (notifications.throttling; tests/integration/notifications/test_throttling.py has the rest),
+    in fixed minutes: the test starts early in one."""
     rates = {"api_client": "3/minute"}
     with override_settings(REST_FRAMEWORK={**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": rates}):
+        away_from_a_window_boundary(60)
         yield
 
 
