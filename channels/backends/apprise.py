@@ -10,9 +10,10 @@ Discord, Mattermost, Matrix, ntfy, Pushover and about a hundred more, one Appris
 Options:
 - `url`: an Apprise URL (https://appriseit.com/services/), `${VAR}` for its secrets. `{to}`
   stands for the notification's recipient where the service takes one (a Telegram chat id, an
-  ntfy topic, a Mattermost channel), URL-quoted whole, so that a recipient can never add a
-  target, a path segment or a URL argument. Without `{to}` every notification goes to the
-  URL's own targets, and `to` is only recorded.
+  ntfy topic, a Mattermost channel), URL-quoted whole, so that a recipient can add no URL
+  argument; one holding what Apprise splits targets on (spaces, commas, semicolons,
+  brackets, slashes) is refused, so that it reaches one target. Without `{to}` every
+  notification goes to the URL's own targets, and `to` is only recorded.
 - `targets`: instead of `url`, named URLs (a table key -> Apprise URL); a notification's `to`
   is a key, as with the webhook channel.
 - `recipient_pattern`: a regular expression the whole of `to` must match at intake (400
@@ -21,10 +22,10 @@ Options:
   to what the service speaks. `subject` is the title.
 - `timeout` (seconds, default 10): the send's deadline, everything included.
 
-Every URL is checked at start (Apprise parses it and knows the service, its options are ones
-the service takes, `{to}` changes where it sends), and an error names the channel and the
-scheme, never the URL: Apprise URLs carry their secrets (tokens, passwords, webhook
-signatures) in the URL itself.
+Every URL is checked at start (Apprise parses it, knows the service and can use it here, the
+service's plugin accepts what the URL says, `{to}` changes where it sends, no `retry=`), and
+an error names the channel and the scheme, never the URL: Apprise URLs carry their secrets
+(tokens, passwords, webhook signatures) in the URL itself.
 
 How a send runs, and why:
 - The plugin runs on the send's own thread, the one `Channel.deliver` puts under the deadline
@@ -56,15 +57,13 @@ from typing import Any, Mapping
 from urllib.parse import quote, unquote
 
 try:
-    from apprise import Apprise, AppriseAsset, NotifyFormat
+    from apprise import Apprise, AppriseAsset, NotifyFormat, PersistentStoreMode
     from apprise.plugins import N_MGR, url_to_dict
 except ImportError as exc:  # the registry reports this by channel name
     raise ImportError(f"the Apprise channel needs the apprise package (pip install apprise): {exc}") from exc
 
 from ..base import Channel, Message
 from ..errors import ChannelConfigurationError, InvalidMessage, PermanentChannelError, TransientChannelError
-
-logger = logging.getLogger("channels.apprise")
 
 RECIPIENT = "{to}"
 # Letters, digits and the punctuation of chat ids, topics, room ids and aliases (-100123,
@@ -180,8 +179,11 @@ class AppriseChannel(Channel):
         except re.error as exc:
             raise ChannelConfigurationError(f"channel {name!r}: recipient_pattern is not a regular expression: {exc}") from None
         self.format = format
-        # One asset for every send of the channel (it holds settings, no per-send state).
-        self._asset = AppriseAsset(async_mode=False, service_timeout=0, secure_logging=True)
+        # One asset for every send of the channel (it holds settings, no per-send state). What
+        # a plugin keeps between calls (a chat id it looked up) stays in memory: a dispatcher
+        # writes no files.
+        self._asset = AppriseAsset(async_mode=False, service_timeout=0, secure_logging=True,
+                                   storage_mode=PersistentStoreMode.MEMORY)
         if url is not None:
             self._service: _Service | None = self._check(url, "url", recipient_allowed=True)
             self.targets: dict[str, _Service] = {}

@@ -352,3 +352,33 @@ def test_an_error_that_quotes_the_url_is_redacted(services):
     channel = AppriseChannel("json", url=f"json://relay:{JSON_PASSWORD}@127.0.0.1:{free_port()}/inbox", timeout=TIMEOUT)
     error = failure(channel, message("any"), TransientChannelError)
     assert JSON_PASSWORD not in str(error)
+
+
+# --- the documented examples (docs/channels.md, README) build, with their services' names --------
+
+
+@pytest.mark.parametrize("options, service", [
+    ({"url": "https://prod-161.westeurope.logic.azure.com:443/workflows/643e69f83c8944438d68119179a10a64/triggers/"
+             "manual/paths/invoke?api-version=2016-06-01&sp=%2Ftriggers%2Fmanual%2Frun&sv=1.0&sig=KODuebWbDGYFr0z0eu-6Rj8"
+             "aUKz7108W3wrNJZxFE5A", "format": "markdown"}, "Power Automate / Workflows (for MSTeams)"),
+    ({"url": "workflows://prod-161.westeurope.logic.azure.com:443/643e69f83c8944438d68119179a10a64/KODuebWbDGYFr0z0eu-6R"
+             "j8aUKz7108W3wrNJZxFE5A/"}, "Power Automate / Workflows (for MSTeams)"),
+    ({"url": "tgram://123456789:ABCdefGhIJKlmnOPQRsTUVwxyZ012345678/{to}",
+      "recipient_pattern": "-?[0-9]{5,20}|@[A-Za-z][A-Za-z0-9_]{4,31}"}, "Telegram"),
+    ({"targets": {"ops": "discord://4174216298/JHMHI8qBe7bk2ZwO5U711o3dV_js",
+                  "releases": "https://discord.com/api/webhooks/4174216298/JHMHI8qBe7bk2ZwO5U711o3dV_jt"}},
+     {"ops": "Discord", "releases": "Discord"}),
+    ({"url": f"mmosts://mattermost.example.com/{MATTERMOST_TOKEN}?channel={{to}}"}, "Mattermost"),
+    ({"url": "ntfys://notify:pw-1234@ntfy.example.com/{to}"}, "ntfy"),
+    ({"url": "ntfys://ntfy.sh/{to}"}, "ntfy"),
+    ({"url": "matrixs://bot:pw-1234@matrix.example.org/{to}"}, "Matrix"),
+    ({"url": "pover://uQiRzpo4DXghDmr9QzzfQu27cmVRsG@azGDORePK8gMaC0QOYAMyEEuzJnyUi"}, "Pushover"),
+    ({"url": "gotifys://gotify.example.com/AbCdEfGhIjKlMnO"}, "Gotify"),
+])
+def test_the_documented_urls_build_and_are_listed_by_service_name(options, service):
+    channel = AppriseChannel("documented", **options)
+    shown = channel.describe()
+    assert shown.get("targets", shown.get("service")) == service
+    for secret in ("KODuebWbDGYFr0z0eu-6Rj8aUKz7108W3wrNJZxFE5A", "ABCdefGhIJKlmnOPQRsTUVwxyZ012345678",
+                   "JHMHI8qBe7bk2ZwO5U711o3dV_js", MATTERMOST_TOKEN, "pw-1234", "azGDORePK8gMaC0QOYAMyEEuzJnyUi"):
+        assert secret not in json.dumps(shown)
