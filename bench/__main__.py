@@ -40,7 +40,7 @@ from .database import Server, run_lock
 from .servers import free_port, manage, service_env, start_gunicorn
 from .stats_bench import stats_phase
 
-PHASES = ("ingest", "template", "batch", "latency", "dispatch", "batch1", "slow", "procrastinate", "policy")
+PHASES = ("ingest", "template", "throttle", "batch", "latency", "dispatch", "batch1", "slow", "procrastinate", "policy")
 # At a deployment's scale (bench/at_scale.py), run last: they fill and then empty the tables.
 AT_SCALE_PHASES = ("history", "claim_backlog", "latency_1000", "stats")
 PHASES += AT_SCALE_PHASES
@@ -219,6 +219,54 @@ class Run:
         self.say(f"  templated {self.details['ingest_template_per_s']:,.0f}/s, "
                  f"plain {self.details['ingest_template_plain_per_s']:,.0f}/s")
 
+    def ingest_throttled(self) -> None:
+        """ingest_throttled_vs_plain: what the fleet-wide rate limit costs a single POST. Two
+        gunicorns with the same settings but NOTIFY_THROTTLE_RATE: "off" (plain: ENQUEUE) and a
+        rate no client reaches (throttled: ENQUEUE_COUNTED takes the counter in the same
+        statement), both for the run's one API client, so every request of the throttled legs
+        updates the same counter rows (the hot rows' worst case). Legs alternate plain,
+        throttled, throttled, plain twice, on one server each, the other idle (a shared machine
+        drifts: eight short legs weigh it on both alike); each rate is the mean of its four
+        legs. BENCH_THROTTLE_SHARDS sets NOTIFY_THROTTLE_SHARDS (default: the service's)."""
+        s = self.sizes
+        seconds = 2 * s.template_seconds
+        shards = os.environ.get("BENCH_THROTTLE_SHARDS")
+        throttled_env = {**self.env, "NOTIFY_THROTTLE_RATE": "1000000000/minute",
+                         **({"NOTIFY_THROTTLE_SHARDS": shards} if shards else {})}
+        servers = {}
+        try:
+            for kind, env in (("plain", {**self.env, "NOTIFY_THROTTLE_RATE": "off"}), ("throttled", throttled_env)):
+                port = free_port()
+                servers[kind] = (port, start_gunicorn(env, self.dir, port=port))
+            tool = "wrk" if self.use_wrk else "the Python load generator"
+            self.say(f"throttled vs plain single POSTs: {tool}, {WRK_CONNECTIONS} connections, {seconds}s each of "
+                     f"plain, throttled, throttled, plain, twice (shards: {shards or 'default'})")
+            for kind, (port, _) in servers.items():  # untimed: workers load their views and connect
+                ingest.warm_up(port=port, api_key=self.api_key, seconds=max(1, s.wrk_warmup_seconds),
+                               connections=WRK_CONNECTIONS, log_dir=self.dir, use_wrk=self.use_wrk)
+            legs: dict[str, list[ingest.SingleResult]] = {"plain": [], "throttled": []}
+            for kind in ("plain", "throttled", "throttled", "plain") * 2:
+                port, _ = servers[kind]
+                legs[kind].append(ingest.single(port=port, api_key=self.api_key, seconds=seconds,
+                                                connections=WRK_CONNECTIONS, log_dir=self.dir, use_wrk=self.use_wrk,
+                                                log_name=f"wrk-{kind}-{len(legs[kind]) + 1}"))
+        finally:
+            for _, process in servers.values():
+                process.stop()
+        for kind, prefix in (("throttled", "ingest_throttled"), ("plain", "ingest_throttled_plain")):
+            results = legs[kind]
+            self.details.update({
+                f"{prefix}_per_s": sum(r.per_s for r in results) / len(results),
+                f"{prefix}_legs_per_s": [round(r.per_s, 1) for r in results],
+                f"{prefix}_p50_ms": sum(r.p50_ms for r in results) / len(results),
+                f"{prefix}_p99_ms": max(r.p99_ms for r in results),
+                f"{prefix}_requests": sum(r.requests for r in results),
+                f"{prefix}_errors": sum(r.errors for r in results),
+            })
+        self.details["ingest_throttled_shards"] = int(shards) if shards else "default"
+        self.say(f"  throttled {self.details['ingest_throttled_per_s']:,.0f}/s, "
+                 f"plain {self.details['ingest_throttled_plain_per_s']:,.0f}/s")
+
     def cpu_meter(self) -> Callable[[str, int], dict[str, float | None]]:
         """Starts counting the CPU time of gunicorn (all workers) and of the database server;
         the function returned gives each per request or notification, in milliseconds: where
@@ -379,6 +427,8 @@ class Run:
         try:
             self.setup()
             self.intake()
+            if "throttle" in self.phases:
+                self.phase("throttle", self.ingest_throttled)
             if self.phases & {"dispatch", "batch1", "slow"}:
                 dispatch.setup_django(self.url, self.channels_file)
                 for name, body in (("dispatch", self.dispatch_noop), ("batch1", self.dispatch_batch1),

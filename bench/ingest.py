@@ -12,6 +12,10 @@ What a single POST sends is its `body` (bench/wrk_post.lua and bench/loadgen.py 
   {"channel", "to", "template", "data": {name, order_id, items, total, url}}, rendered by the
   API (subject, text and HTML). "order" and "template" compare like with like
   (ingest_template_vs_plain).
+
+ingest_throttled_vs_plain sends "simple" bodies to two servers that differ only in
+NOTIFY_THROTTLE_RATE (bench/__main__.py, Run.ingest_throttled): what the fleet-wide rate
+limit, counted in the enqueue statement, costs a single POST.
 """
 
 from __future__ import annotations

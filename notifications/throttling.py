@@ -32,7 +32,7 @@ _RATE = re.compile(r"^\s*(\d+)\s*/\s*([smhd])[a-z]*\s*$", re.IGNORECASE)
 _PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # A limit is counted in one row per this much of it, up to NOTIFY_THROTTLE_SHARDS rows. One row
 # is exact, but one client's requests then commit one after another: at 32 concurrent single
-# POSTs of one client, 0.84 of the rate without a limit on one row, 0.99 on 8 (bench
+# POSTs of one client, 0.84 of the rate without a limit on one row, 0.92 to 0.99 on 8 (bench
 # ingest_throttled_vs_plain). Several rows may let through the requests in flight on the
 # others when the limit is reached (tens at most), which matters only for a small limit, and a
 # small limit is never fast enough to contend: below 2,000 per window, one row.
