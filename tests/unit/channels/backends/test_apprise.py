@@ -217,6 +217,7 @@ def test_error_texts_with_nul_surrogates_and_megabytes_come_out_safe_and_bounded
     assert error.status == 500
 
 
+@pytest.mark.slow  # 4.3 s: past Apprise's own 4 s read timeout
 def test_the_sends_timeout_replaces_apprises_own_socket_timeouts(services):
     # Apprise's read timeout is 4 s unless the URL says otherwise: a service that answers in
     # 4.3 s is sent within a 6 s deadline.
