@@ -227,7 +227,7 @@ class AppriseChannel(Channel):
                         targets=len(plugin), connect_timeout=connect, read_timeout=read, secrets=secrets)
 
     def _plugin_at_start(self, url: str, prefix: str, scheme: str):
-        shown = f"{scheme}://" if scheme else "an URL without a scheme"
+        shown = f"{scheme}://" if scheme else "a URL without a scheme"
         if scheme and scheme.lower() not in N_MGR and scheme.lower() not in ("http", "https"):
             raise ChannelConfigurationError(f"{prefix}: Apprise knows no service {shown} "
                                             f"(the services and their URLs: https://appriseit.com/services/)")
@@ -305,7 +305,8 @@ class AppriseChannel(Channel):
         detail = f"{service.service_name} answered HTTP {status}: {line}"
         # 408 Request Timeout, 429 Too Many Requests and 5xx may pass; any other 4xx (400 bad
         # request, 401/403 a wrong or revoked token, 404 an unknown webhook, topic or chat, 413
-        # too large) will not change on a retry. A 3xx is not followed (Apprise's default).
+        # too large) will not change on a retry. (Apprise follows redirects, so a 3xx seen here
+        # is one it could not follow: transient, as anything that is not a refusal.)
         if 400 <= status < 500 and status not in (408, 429):
             return PermanentChannelError(detail, channel=self.name, status=status)
         return TransientChannelError(detail, channel=self.name, status=status)

@@ -291,7 +291,7 @@ SECRET = "s3cr3t-token-9f8e7d6c"
 
 @pytest.mark.parametrize("options, expected", [
     ({"url": "nope://host/path"}, "Apprise knows no service nope://"),
-    ({"url": f"ntfy-{SECRET}"}, "Apprise cannot parse the URL (an URL without a scheme)"),
+    ({"url": f"ntfy-{SECRET}"}, "Apprise cannot parse the URL (a URL without a scheme)"),
     ({"url": f"https://example.com/{SECRET}"}, "Apprise cannot parse the URL (https://)"),
     ({"url": f"tgram://not-a-bot-token-{SECRET}/{{to}}"}, "Apprise cannot parse the URL (tgram://)"),
     ({"url": f"json://user:{SECRET}@127.0.0.1/?x={{to}}"}, "takes no recipient where {to} stands"),
