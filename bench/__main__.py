@@ -314,6 +314,7 @@ class Run:
     # --- delivery -------------------------------------------------------------------------------
 
     def fill(self, count: int, channel: str) -> None:
+        dispatch.wait_for_idle_intake(self.server, self.dbname)  # an ingest phase's last requests
         dispatch.reset_outbox(self.server, self.dbname)
         started = time.monotonic()
         dispatch.enqueue_bulk(count, channel=channel)

@@ -55,6 +55,27 @@ def enqueue_bulk(count: int, *, channel: str) -> None:
     connection.close()  # its statistics reach pg_stat_database now, not during the drain
 
 
+def wait_for_idle_intake(server: Server, dbname: str, *, quiet_seconds: float = 0.3, timeout: float = 30) -> None:
+    """Return once no notification has been accepted for `quiet_seconds`.
+
+    A load generator stops at its deadline with requests still in flight: the API finishes
+    them after it has gone (up to its connections' worth, tens of milliseconds). A drain that
+    filled the outbox before they land would find them among its rows (a smoke run counted
+    1,008 sent of 1,000)."""
+    deadline = time.monotonic() + timeout
+    with server.connect(dbname) as conn:
+        newest, quiet_since = None, time.monotonic()
+        while time.monotonic() < deadline:
+            # UUIDv7 ids grow with time: the newest row by the primary key, whatever the table's size.
+            (latest,) = conn.execute("SELECT id FROM notification ORDER BY id DESC LIMIT 1").fetchone() or (None,)
+            if latest != newest:
+                newest, quiet_since = latest, time.monotonic()
+            elif time.monotonic() - quiet_since >= quiet_seconds:
+                return
+            time.sleep(0.05)
+    raise RuntimeError(f"the intake kept accepting notifications for {timeout}s after its load had stopped")
+
+
 def reset_outbox(server: Server, dbname: str) -> None:
     """An empty outbox (rows left by the intake measurements are not part of a drain)."""
     with server.connect(dbname) as conn:
