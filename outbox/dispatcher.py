@@ -45,6 +45,7 @@ from .heartbeat import DispatcherStats, Heartbeat
 from .listen import OutboxListener
 from .recorder import OutcomeRecorder
 from .retry import RetryPolicy
+from .wakeup import Wakeup
 
 logger = logging.getLogger("outbox.dispatcher")
 
@@ -180,16 +181,21 @@ class Dispatcher:
         self.recorder = OutcomeRecorder(self.id, policies=self.policies)
         self._states_ready = False
 
-        self._stop = threading.Event()
-        self._wake = threading.Event()
+        # stop() may run in a signal handler: it only sets a flag and the wake-up, which takes
+        # no lock (outbox.wakeup); the claim loop passes the stop on to the other threads.
+        self._stop_requested = False
+        self._stop_signal: int | None = None
+        self._stop = threading.Event()  # for the listener: set once the claim loop has ended
+        self._wake = Wakeup()
         self._in_flight_lock = threading.Lock()
         self._recheck_at: float | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Stop claiming; in-flight sends finish and are recorded, then run() returns."""
-        self._stop.set()
+        """Stop claiming; in-flight sends finish and are recorded, then run() returns.
+        Safe in a signal handler, and from any thread."""
+        self._stop_requested = True
         self._wake.set()
 
     def stats(self) -> DispatcherStats:
@@ -215,6 +221,7 @@ class Dispatcher:
         try:
             self._claim_loop()
         finally:
+            self._stop.set()  # the listener ends
             for lane in self.lanes.values():
                 lane.pool.shutdown(wait=True)  # in-flight sends finish ...
             self.recorder.stop()  # ... and their outcomes are recorded
@@ -228,9 +235,10 @@ class Dispatcher:
         """SIGTERM/SIGINT stop gracefully; a second one exits at once (leases cover the rest)."""
 
         def handle(signum, frame):
-            if self._stop.is_set():
+            # Nothing that takes a lock (logging does): the claim loop logs the stop.
+            if self._stop_requested:
                 os._exit(1)
-            logger.info("dispatcher %s: %s received, finishing in-flight sends", self.id, signal.Signals(signum).name)
+            self._stop_signal = signum
             self.stop()
 
         signal.signal(signal.SIGTERM, handle)
@@ -247,8 +255,7 @@ class Dispatcher:
         """
         backoff = Backoff()
         may_claim = True
-        while not self._stop.is_set():
-            self._wake.clear()
+        while not self._stop_requested:
             worked = False
             try:
                 for lane in self.lanes.values():
@@ -269,13 +276,29 @@ class Dispatcher:
                 wait = backoff.next()
                 logger.warning("dispatcher %s: database error (%s); retrying in %.1fs", self.id, exc, wait)
                 connection.close()  # a fresh connection next time (the server may have restarted)
-                self._stop.wait(wait)
+                self._sleep(wait)
                 continue
             backoff.reset()
             if not worked:
+                # Cleared after the wait, not before the work: a wake-up given while this pass
+                # ran (the sends of its claim may all end before the pass does) is not lost,
+                # and the pass after the clear sees what it was given for. (Cleared at the top
+                # of each pass, such a wake-up was lost whenever the claim had come back short
+                # of its limit, and a backlog waited for the poll interval.)
                 self._wake.wait(self._idle_timeout())
+                self._wake.clear()
                 may_claim = True  # woken by new work, by free threads, or the poll interval
+        if self._stop_signal is not None:
+            logger.info("dispatcher %s: %s received, finishing in-flight sends", self.id,
+                        signal.Signals(self._stop_signal).name)
         self._release_ready()
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait `seconds`, or less if stopped meanwhile."""
+        deadline = time.monotonic() + seconds
+        while not self._stop_requested and (left := deadline - time.monotonic()) > 0:
+            self._wake.wait(left)
+            self._wake.clear()
 
     def _fail_over_open_channels(self) -> None:
         """Now and then (every poll interval), move the due rows of channels whose breaker is

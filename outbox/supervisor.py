@@ -17,7 +17,6 @@ import os
 import shutil
 import signal
 import tempfile
-import threading
 import time
 from typing import Callable, Iterator
 
@@ -25,6 +24,7 @@ from django.db import connections
 
 from . import metrics
 from .backoff import Backoff
+from .wakeup import Wakeup
 
 logger = logging.getLogger("outbox.supervisor")
 
@@ -44,7 +44,7 @@ class Supervisor:
         self.children: dict[int, float] = {}  # pid -> start time
         self._stopping = False
         self._kill_now = False
-        self._wakeup = threading.Event()
+        self._wakeup = Wakeup()  # set by the signal handlers: no threading.Event (see outbox.wakeup)
         # A worker that dies young makes the next start wait: 1 s, doubling up to 30 s.
         self._restarts = Backoff(first=1.0, cap=30.0)
         self._restart_delay = 0.0
