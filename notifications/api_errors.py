@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from django.db import InterfaceError, OperationalError
+from django.db import InterfaceError, InternalError, OperationalError
 from django.http import JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -89,7 +89,11 @@ def error_response(code: str, message: str, status_code: int, fields: dict | Non
 
 def exception_handler(exc, context):
     """DRF's exception handler, reshaped into the format above."""
-    if isinstance(exc, (OperationalError, InterfaceError)):
+    # The database (or the pooler before it) down, restarting or out of step with us. Not
+    # only OperationalError: while PgBouncer's server connection died under a restart,
+    # psycopg got "received 2 results from command 'BEGIN'", an InternalError (a 500 in the
+    # cluster run). Nothing was stored; with its Idempotency-Key a retry is safe regardless.
+    if isinstance(exc, (OperationalError, InterfaceError, InternalError)):
         response = Response(
             error_body("database_unavailable", "The database is unavailable; nothing was stored. Retry later."),
             status=status.HTTP_503_SERVICE_UNAVAILABLE,

@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Mapping, Sequence
 
-from django.db import InterfaceError, OperationalError, connection
+from django.db import InterfaceError, InternalError, OperationalError, connection
 
 from channels.policy import ChannelPolicy
 
@@ -31,8 +31,12 @@ from .backoff import Backoff
 
 logger = logging.getLogger("outbox.dispatcher")
 
-# The database cannot be reached (down, restarting, the connection lost): try the same again.
-CONNECTION_ERRORS = (OperationalError, InterfaceError)
+# The database cannot be reached (down, restarting, the connection lost), or cannot take
+# writes or answer in step now (InternalError: a server read-only after a failover, an
+# internal error, or the driver out of step with a pooler whose server connection died: the
+# cluster run's "received 2 results from command 'BEGIN'"): try the same again. None of these
+# is about one outcome's data, so none may turn a batch into outcomes recorded as failed.
+CONNECTION_ERRORS = (OperationalError, InterfaceError, InternalError)
 MAX_BATCH = 1000
 # After the first outcome of a batch, wait this long for more: the outcomes of a claim's rows
 # come within milliseconds of each other, and one statement for them all costs the database

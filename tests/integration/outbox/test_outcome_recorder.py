@@ -12,7 +12,7 @@ import pytest
 from notifications.models import Notification
 from outbox import metrics, store
 from outbox.recorder import OutcomeRecorder
-from tests.helpers import claim, enqueue
+from tests.helpers import claim, enqueue, wait_until
 
 
 @pytest.fixture
@@ -65,3 +65,30 @@ def test_a_failure_reporting_an_attempt_records_it_all_the_same(started, monkeyp
     monkeypatch.setattr(metrics, "observe_attempt", broken)
     record(store.Outcome(delivery, "sent", provider_message_id="prov-1"))
     assert Notification.objects.get(pk=delivery.notification_id).status == "sent"
+
+
+def test_a_server_that_cannot_take_writes_is_waited_for_and_no_outcome_turns_into_a_failure(started):
+    # A failover that left us on a read-only server: every write is refused with an
+    # InternalError (read_only_sql_transaction), which says nothing about the outcomes' data.
+    # The recorder waits and writes the batch again; it must not halve it down to single
+    # outcomes and record them as failed.
+    from django.db import connection
+
+    deliveries = started(3)
+    name = connection.ops.quote_name(connection.settings_dict["NAME"])
+    with connection.cursor() as cursor:
+        cursor.execute(f"ALTER DATABASE {name} SET default_transaction_read_only = on")
+    recorder = OutcomeRecorder("d1")
+    try:
+        recorder.start()  # its thread opens its own connection: a read-only one
+        for i, delivery in enumerate(deliveries):
+            recorder.put(store.Outcome(delivery, "sent", provider_message_id=f"prov-{i}"))
+        wait_until(lambda: "read-only transaction" in recorder.problem, message="the refusal seen")
+        assert Notification.objects.filter(status="sent").count() == 0
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"ALTER DATABASE {name} RESET default_transaction_read_only")
+    recorder.stop()  # its fresh connection after the refusal is a writable one
+    assert sorted(Notification.objects.values_list("status", "provider_message_id")) == [
+        ("sent", "prov-0"), ("sent", "prov-1"), ("sent", "prov-2")]
+    assert recorder.problem == "" and (recorder.sent, recorder.failed) == (3, 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from django.db import InterfaceError, InternalError, OperationalError
 from rest_framework.exceptions import ValidationError
 from rest_framework.renderers import JSONRenderer
 
@@ -31,3 +32,14 @@ def test_an_error_answer_that_repeats_a_lone_surrogate_is_still_rendered():
     rendered = json.loads(JSONRenderer().render(response.data))
     assert response.status_code == 400
     assert rendered["error"]["fields"] == {"to\ufffd": ["not \ufffd valid"]}
+
+
+def test_the_database_out_of_reach_or_out_of_step_is_a_503_with_retry_after():
+    # InternalError: psycopg's "received 2 results from command 'BEGIN'" while PgBouncer's
+    # server connection died in a PostgreSQL restart (the cluster run's 500).
+    for exc in (OperationalError("connection refused"), InterfaceError("connection already closed"),
+                InternalError("received 2 results from command 'BEGIN'")):
+        response = exception_handler(exc, {})
+        assert (response.status_code, response["Retry-After"]) == (503, "5"), exc
+        assert response.data["error"]["code"] == "database_unavailable"
+        assert "received" not in response.data["error"]["message"]  # the driver's text stays in the log
