@@ -27,7 +27,6 @@ from channels.retry_after import parse_retry_after
 from .provider import is_test_address
 
 
-
 class ChaosProviderChannel(Channel):
     kind = "chaos"
     accepted_on_http_2xx = True  # the provider's status decides, as for a webhook

@@ -31,6 +31,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     add("--threads", type=int, default=defaults.threads, help="send threads per dispatcher process")
     add("--batch-size", type=int, default=defaults.batch_size, help="rows a dispatcher claims at once")
     add("--lease-seconds", type=float, default=defaults.lease_seconds)
+    add("--drain-lease-seconds", type=float, default=defaults.drain_lease_seconds, help="the measured drains' lease")
     add("--rtt-ms", type=float, default=defaults.rtt_ms, help="round trip added between the dispatchers and db")
     add("--drain-rows", type=int, default=defaults.drain_rows, help="rows per drain leg")
     add("--drain-pairs", type=int, default=defaults.drain_pairs, help="direct/delayed drain leg pairs")

@@ -45,8 +45,17 @@ from chaos.provider import FaultRates
 
 from . import network as net
 from .faults import ClusterFaults, build_schedule
-from .services import (LB_PORT, PG_PORT, POOL_PORT, Postgres, ensure_packages, haproxy_argv, haproxy_config,
-                       pgbouncer_argv, pgbouncer_config)
+from .services import (
+    LB_PORT,
+    PG_PORT,
+    POOL_PORT,
+    Postgres,
+    ensure_packages,
+    haproxy_argv,
+    haproxy_config,
+    pgbouncer_argv,
+    pgbouncer_config,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / ".data" / "cluster"
@@ -70,7 +79,8 @@ class Config:
     api_workers: int = 2  # per API host
     threads: int = 16
     batch_size: int = 100
-    lease_seconds: float = 5.0
+    lease_seconds: float = 5.0  # the fault run's: a host cut off past its lease within seconds
+    drain_lease_seconds: float = 60.0  # the measured drains': the default (OUTBOX_LEASE_SECONDS)
     send_timeout: float = 1.5
     rtt_ms: float = 20.0
     cut_extra: float = 3.0  # a dispatcher host is cut off for the lease plus this
@@ -215,7 +225,7 @@ class Runner:
         self._manage(env, "create_api_key", "cluster", "--key", self.api_key, "--quiet")
 
     def _start_services(self) -> None:
-        config, workdir = self.config, self.config.workdir
+        workdir = self.config.workdir
         load, pool, lb = self.network["load"], self.network["pool"], self.network["lb"]
         zero = [arg for name in asdict(FaultRates()) for arg in (f"--{name.replace('_', '-')}", "0")]
         self.provider = self._start("provider", load.argv(
@@ -239,15 +249,18 @@ class Runner:
             "notifications_project.wsgi", "--bind", f"{self.network[host].address}:{port}",
             "--workers", str(self.config.api_workers), "--timeout", "60", "--graceful-timeout", "10")
 
-    def _fleet(self, name: str, *, delayed: bool, log_level: str = "INFO") -> DispatcherFleet:
+    def _fleet(self, name: str, *, delayed: bool, log_level: str = "INFO",
+               lease_seconds: float | None = None) -> DispatcherFleet:
         config = self.config
-        env = {**self._env(self._db_url("delayed" if delayed else "direct")), "LOG_LEVEL": log_level}
+        lease_seconds = lease_seconds or config.lease_seconds
+        env = {**self._env(self._db_url("delayed" if delayed else "direct")), "LOG_LEVEL": log_level,
+               "OUTBOX_LEASE_SECONDS": str(lease_seconds)}
         return DispatcherFleet(
             len(DISPATCHER_HOSTS), name=name, env=env,
             cwd=ROOT, workdir=config.workdir, registry=self.registry,
             hosts=[self.network[host].argv() for host in DISPATCHER_HOSTS],
             args=["--threads", str(config.threads), "--batch-size", str(config.batch_size),
-                  "--lease-seconds", str(config.lease_seconds)],
+                  "--lease-seconds", str(lease_seconds)],
         )
 
     def _db_url(self, way: str) -> str:
@@ -381,16 +394,29 @@ class Runner:
 
     def _measure_drains(self) -> dict[str, Any]:
         """The same backlog drained by the three dispatcher hosts connected directly and through
-        the delay proxy, legs alternated: rows per second from the first send to the last."""
+        the delay proxy, legs alternated: rows per second from the first send to the last.
+
+        At the default lease (drain_lease_seconds), not the fault run's 5 s: a lane holds at
+        most what its threads could send in one lease if every send ran to its deadline
+        (outbox.dispatcher.Lane), 48 rows at 5 s, and 48 rows a round trip is what one
+        process then drains however quick its sends. The backlog is held back (due in an
+        hour) until every dispatcher process runs, then made due at once: the rate is the
+        fleet's, not that of the first process to start."""
         config = self.config
         legs: dict[str, list[float]] = {"direct": [], "delayed": []}
         for pair in range(config.drain_pairs):
             for way in ("direct", "delayed"):
                 leg = f"{way}-{pair}"
                 self._enqueue_drain(leg, config.drain_rows)
+                self.database.query("UPDATE outbox SET run_at = now() + interval '1 hour' WHERE channel = %s",
+                                    [DRAIN_CHANNEL])
                 # WARNING, as in make bench: no log line per delivery (the fault run reads them).
-                fleet = self._fleet(f"drain-{leg}", delayed=way == "delayed", log_level="WARNING")
+                fleet = self._fleet(f"drain-{leg}", delayed=way == "delayed", log_level="WARNING",
+                                    lease_seconds=config.drain_lease_seconds)
                 fleet.start()
+                self._wait_running(fleet)
+                self.database.query("UPDATE outbox SET run_at = now() WHERE channel = %s", [DRAIN_CHANNEL])
+                self.database.query("SELECT pg_notify('outbox', '')")  # as the intake's commit does
                 deadline = time.monotonic() + config.drain_timeout
                 while self.database.query("SELECT count(*) FROM outbox")[0][0] and time.monotonic() < deadline:
                     time.sleep(0.2)
@@ -407,6 +433,19 @@ class Runner:
                 "direct_per_s": round(statistics.fmean(legs["direct"]), 1),
                 "delayed_per_s": round(statistics.fmean(legs["delayed"]), 1),
                 "added_rtt_ms": config.rtt_ms}
+
+    def _wait_running(self, fleet: DispatcherFleet, timeout: float = 90.0) -> None:
+        """Until each of the fleet's dispatcher processes has written its heartbeat, and a
+        second more for its LISTEN and its first claim and poll."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pids = list(fleet.processes())
+            if len(pids) == len(DISPATCHER_HOSTS) and self.database.query(
+                    "SELECT count(*) FROM dispatcher WHERE pid = ANY(%s) AND stopped_at IS NULL", [pids])[0][0] == len(pids):
+                time.sleep(1.0)
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"the drain's dispatchers were not all running after {timeout:.0f}s")
 
     def _enqueue_drain(self, leg: str, rows: int) -> None:
         for start in range(0, rows, 100):
