@@ -50,7 +50,7 @@ $(BENCH_INSTALLED): $(INSTALLED) requirements-bench.txt
 		|| echo "wrk could not be installed: ingest_single_* will come from the Python load generator"
 	touch $(BENCH_INSTALLED)
 
-## make bench: every benchmark figure, as ratios to references of the same run (under 10 minutes);
+## make bench: every benchmark figure, as ratios to references of the same run (about 13 minutes here);
 ## prints the table and writes bench/results.json
 bench: $(BENCH_INSTALLED)
 	$(PY) -m bench

@@ -1,6 +1,6 @@
 """Run sizes and paths.
 
-Three profiles: the full run (`make bench`, under 10 minutes), --quick (`make bench-quick`,
+Three profiles: the full run (`make bench`, about 13 minutes), --quick (`make bench-quick`,
 about 2 to 3 minutes) and --smoke (tiny, for tests/integration/bench/test_bench_smoke.py: it checks that every piece
 runs and that results.json has every figure, not what the figures are).
 """
