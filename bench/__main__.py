@@ -226,7 +226,8 @@ class Run:
         statement), both for the run's one API client, so every request of the throttled legs
         updates the same counter rows (the hot rows' worst case). Legs alternate plain,
         throttled, throttled, plain twice, on one server each, the other idle (a shared machine
-        drifts: eight short legs weigh it on both alike); each rate is the mean of its legs. BENCH_THROTTLE_SHARDS sets NOTIFY_THROTTLE_SHARDS (default: the service's)."""
+        drifts: eight short legs weigh it on both alike); each rate is the mean of its legs.
+        BENCH_THROTTLE_SHARDS sets NOTIFY_THROTTLE_SHARDS (default: the service's)."""
         s = self.sizes
         # The smoke run (in make test) checks that the phase works: four legs of a second.
         smoke = s.name == "smoke"
